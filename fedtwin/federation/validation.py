@@ -1,0 +1,102 @@
+"""Coordinator-side validation of site updates, as a wrapper around any Message-API strategy.
+
+A reply is aggregated only if (1) it carries exactly the global model's arrays with the same
+shapes, (2) every value is finite, and (3) the L2 norm of its change from the global model is at
+most ``max_update_norm``. Anything else is dropped before aggregation and recorded with the
+site and the reason; the wrapped strategy never sees it. The wrapper holds no aggregation logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedtwin.federation.client import SITE_RECORD_KEY
+
+
+@dataclass(frozen=True)
+class RejectedUpdate:
+    """An update the coordinator refused to aggregate."""
+
+    server_round: int
+    site_id: str
+    reason: str
+
+
+def site_of(message: Message) -> str:
+    """The site id a reply claims (``"?"`` when it names none)."""
+    record = message.content.config_records.get(SITE_RECORD_KEY) if message.has_content() else None
+    return str(record["site-id"]) if record is not None and "site-id" in record else "?"
+
+
+class ValidatedStrategy(Strategy):
+    """Drop malformed, non-finite or oversized updates, then delegate to ``inner``."""
+
+    def __init__(self, inner: Strategy, max_update_norm: float) -> None:
+        self.inner = inner
+        self.max_update_norm = max_update_norm
+        self.rejected: list[RejectedUpdate] = []
+        self._global: dict[str, np.ndarray] = {}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model the updates must be compared with, then delegate."""
+        self._global = {key: value.numpy() for key, value in arrays.items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate only the replies that pass validation."""
+        accepted: list[Message] = []
+        for reply in replies:
+            reason = self._problem(reply) if reply.has_content() else None
+            if reason is None:
+                accepted.append(reply)
+            else:
+                self.rejected.append(RejectedUpdate(server_round, site_of(reply), reason))
+        return self.inner.aggregate_train(server_round, accepted)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def _problem(self, reply: Message) -> str | None:
+        records = list(reply.content.array_records.values())
+        # (1): exactly the global model's arrays, same shapes.
+        if len(records) != 1:
+            return f"expected one array record, got {len(records)}"
+        update = {key: value.numpy() for key, value in records[0].items()}
+        if update.keys() != self._global.keys():
+            return "arrays do not match the global model's keys"
+        squared = 0.0
+        for key, value in update.items():
+            if value.shape != self._global[key].shape:
+                return f"array {key} has shape {value.shape}, expected {self._global[key].shape}"
+            # (2): finite values only.
+            if not np.isfinite(value).all():
+                return f"array {key} has non-finite values"
+            squared += float(np.sum((value.astype(np.float64) - self._global[key]) ** 2))
+        # (3): bounded change.
+        norm = squared**0.5
+        if norm > self.max_update_norm:
+            return f"update norm {norm:.3g} exceeds {self.max_update_norm}"
+        return None

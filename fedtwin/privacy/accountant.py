@@ -1,0 +1,100 @@
+"""Pure privacy accounting for patient-level DP-SGD (no state, no I/O).
+
+Every training step of a site is one Poisson-subsampled Gaussian mechanism over *patients*:
+each patient is in a step's batch independently with probability ``sample_rate`` and contributes
+one window, whose gradient is clipped to ``max_grad_norm``; noise ``N(0, (σ·C)²)`` is added to the
+sum. ε is always computed by a *fresh* Opacus accountant fed the whole history of a site's spends
+(all rounds, all runs), so a reported ε never depends on accountant state kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from enum import StrEnum
+
+from opacus.accountants import create_accountant
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedtwin.errors import ConfigError
+
+
+class AccountantKind(StrEnum):
+    """Accountants a site may choose (PRV is Opacus' default and the tighter bound)."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+class MechanismSteps(BaseModel):
+    """``steps`` compositions of the subsampled Gaussian at one (σ, q)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    noise_multiplier: float = Field(gt=0)
+    sample_rate: float = Field(gt=0, le=1)
+    steps: int = Field(ge=0)
+
+
+def poisson_sample_rate(num_patients: int, expected_batch_patients: int) -> float:
+    """The sample rate Opacus uses for ``num_patients`` and this expected batch size.
+
+    Opacus derives ``q = 1 / len(loader)``, i.e. ``1 / ceil(N / B)``; planning uses the same
+    number so that the planned and the accounted spend agree exactly.
+    """
+    if num_patients < 1 or expected_batch_patients < 1:
+        raise ConfigError("need at least one patient and a batch of at least one patient")
+    return 1.0 / math.ceil(num_patients / expected_batch_patients)
+
+
+def epsilon_spent(
+    history: Iterable[MechanismSteps], delta: float, accountant: AccountantKind
+) -> float:
+    """ε (per patient) of the composition of every mechanism in ``history`` at ``delta``."""
+    fresh = create_accountant(mechanism=accountant.value)
+    fresh.history = [
+        (item.noise_multiplier, item.sample_rate, item.steps) for item in history if item.steps
+    ]
+    if not fresh.history:
+        return 0.0
+    return float(fresh.get_epsilon(delta=delta))
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantKind,
+    prior: Iterable[MechanismSteps] = (),
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest σ (within ``tolerance``) such that ``prior`` plus ``steps`` at σ stays ≤ target.
+
+    Raises
+    ------
+    ConfigError
+        If even a very large σ cannot keep the total within ``target_epsilon`` (the prior spend
+        already exhausts it).
+    """
+    prior = tuple(prior)
+
+    def total(noise: float) -> float:
+        planned = MechanismSteps(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
+        return epsilon_spent((*prior, planned), delta, accountant)
+
+    high = 1.0
+    while total(high) > target_epsilon:
+        high *= 2.0
+        if high > 1024:
+            raise ConfigError(
+                f"no noise multiplier keeps ε ≤ {target_epsilon} (prior spend too large)"
+            )
+    low = 0.0 if high == 1.0 else high / 2.0
+    while high - low > tolerance:
+        middle = (low + high) / 2.0
+        if middle > 0 and total(middle) <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return high

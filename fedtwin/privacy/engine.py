@@ -1,0 +1,104 @@
+"""Patient-level DP-SGD for one round at one site, with Opacus.
+
+The guarantee (stated once, here): each round's training is ``steps`` compositions of the
+Poisson-subsampled Gaussian mechanism where the *record is a patient*. The dataset has one item
+per patient (:class:`fedtwin.twins.training.PatientWindowDataset`); Opacus' Poisson sampler puts
+each patient into a step's batch independently with probability ``q``; a sampled patient
+contributes exactly one window, whose per-sample gradient is clipped to ``max_grad_norm``
+(flat clipping over all parameters), and Gaussian noise with standard deviation
+``noise_multiplier · max_grad_norm`` is added to the sum. Hence the released update is
+(ε, δ)-DP with respect to adding or removing *one patient's entire history* at this site,
+with ε from composing every round of every run (:mod:`fedtwin.privacy.accountant`).
+Record-level (window-level) sampling is never used on this path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedtwin.privacy.accountant import AccountantKind, MechanismSteps, poisson_sample_rate
+from fedtwin.twins.training import PatientWindowDataset, fit_steps, repeat_batches
+
+
+class DpSgdConfig(BaseModel):
+    """Local DP-SGD settings of one round (sent by the coordinator, checked by the site)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    local_steps: int = Field(30, ge=1, le=10_000)
+    expected_batch_patients: int = Field(32, ge=1, le=100_000)
+    max_grad_norm: float = Field(1.0, gt=0, le=100)
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    accountant: AccountantKind = AccountantKind.PRV
+
+
+@dataclass(frozen=True)
+class PrivateRoundResult:
+    """What one private round did, exactly as the accountant saw it."""
+
+    mechanism: MechanismSteps
+    mean_loss: float
+    max_grad_norm: float
+
+
+def train_private_round(
+    model: torch.nn.Module,
+    dataset: PatientWindowDataset,
+    noise_multiplier: float,
+    config: DpSgdConfig,
+    generator: torch.Generator,
+) -> PrivateRoundResult:
+    """Train ``model`` in place for ``config.local_steps`` DP-SGD steps over patients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The twin; its parameters are updated in place (Opacus wraps a view of it).
+    dataset : PatientWindowDataset
+        One item per patient.
+    noise_multiplier : float
+        σ, calibrated by the caller against the site's ledger.
+    config : DpSgdConfig
+        Steps, expected batch (patients), clipping norm, learning rate.
+    generator : torch.Generator
+        Drives patient sampling, window choice and the noise (seeded runs are reproducible;
+        a production site may pass Opacus' secure mode instead).
+    """
+    sample_rate = poisson_sample_rate(len(dataset), config.expected_batch_patients)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
+    engine = PrivacyEngine(accountant=config.accountant.value)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    model.train()
+    with warnings.catch_warnings():
+        # Opacus warns that a non-secure RNG is used; the caller chose the generator.
+        warnings.simplefilter("ignore", UserWarning)
+        private_model, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=False,  # already a Poisson DPDataLoader over patients
+            noise_generator=generator,
+        )
+    summary = fit_steps(
+        private_model, private_optimizer, repeat_batches(private_loader), config.local_steps
+    )
+    history = engine.accountant.history
+    if len(history) != 1 or history[0][2] != config.local_steps:
+        raise RuntimeError(f"accountant saw {history}, expected one mechanism x {summary.steps}")
+    accounted_noise, accounted_rate, accounted_steps = history[0]
+    return PrivateRoundResult(
+        mechanism=MechanismSteps(
+            noise_multiplier=accounted_noise, sample_rate=accounted_rate, steps=accounted_steps
+        ),
+        mean_loss=summary.mean_loss,
+        max_grad_norm=config.max_grad_norm,
+    )
+

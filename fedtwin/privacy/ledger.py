@@ -1,0 +1,216 @@
+"""The site's persistent privacy ledger: validate before a round, commit after it.
+
+Invariants:
+
+* every spend is a frozen :class:`SpendEvent`; the ledger is an append-only SQLite table (WAL
+  journal, ``synchronous=FULL``) at the site, so it survives restarts of the SuperNode;
+* :meth:`PrivacyLedger.can_spend` composes the planned spend onto the *whole* history with a
+  fresh accountant and compares with the site's cap; it writes nothing;
+* :meth:`PrivacyLedger.commit` is idempotent per ``(run_id, round)``: a retried round is never
+  counted twice, and a different spend claimed for an already committed round is refused
+  (fail closed);
+* ε is per patient, δ fixed per ledger: composing spends at different δ is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedtwin.errors import ConfigError, VerificationError
+from fedtwin.privacy.accountant import AccountantKind, MechanismSteps, epsilon_spent
+
+MECHANISM = "dp-sgd/poisson-patients/gaussian"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spends (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    study TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    max_grad_norm REAL NOT NULL,
+    committed_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SpendEvent(BaseModel):
+    """One round's privacy spend at one site."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str = Field(min_length=1)
+    round: int = Field(ge=1)
+    study: str = Field(min_length=1)
+    mechanism: str = MECHANISM
+    noise_multiplier: float = Field(gt=0)
+    sample_rate: float = Field(gt=0, le=1)
+    steps: int = Field(ge=1)
+    max_grad_norm: float = Field(gt=0)
+
+    def as_mechanism(self) -> MechanismSteps:
+        """The accountant's view of this spend."""
+        return MechanismSteps(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps
+        )
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """Answer of :meth:`PrivacyLedger.can_spend`."""
+
+    allowed: bool
+    epsilon_before: float
+    epsilon_after: float
+    epsilon_cap: float
+    delta: float
+
+
+class PrivacyLedger:
+    """Per-site, per-patient privacy budget across every round and run of a study.
+
+    Parameters
+    ----------
+    path : Path
+        The SQLite file (created with its parent folder if missing).
+    epsilon_cap : float
+        The most ε per patient the site will ever spend.
+    delta : float
+        δ of every guarantee this ledger states; fixed at creation.
+    accountant : AccountantKind
+        Accountant used to compose the history.
+    clock : Callable[[], datetime]
+        Source of commit times (injected for tests).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        epsilon_cap: float,
+        delta: float,
+        accountant: AccountantKind = AccountantKind.PRV,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if epsilon_cap <= 0 or not 0 < delta < 1:
+            raise ConfigError("privacy ledger needs epsilon_cap > 0 and 0 < delta < 1")
+        self.path, self.epsilon_cap, self.delta = path, epsilon_cap, delta
+        self.accountant, self.clock = accountant, clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('delta', ?)", (repr(delta),))
+            stored = db.execute("SELECT value FROM ledger_meta WHERE key='delta'").fetchone()[0]
+        if float(stored) != delta:
+            raise ConfigError(f"{path}: ledger was created for delta={stored}, not {delta}")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    def history(self, exclude_run: str | None = None) -> list[SpendEvent]:
+        """Every committed spend in commit order (optionally without one run's)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT run_id, round, study, mechanism, noise_multiplier, sample_rate, steps,"
+                " max_grad_norm FROM spends ORDER BY rowid"
+            ).fetchall()
+        events = [
+            SpendEvent(
+                run_id=r[0],
+                round=r[1],
+                study=r[2],
+                mechanism=r[3],
+                noise_multiplier=r[4],
+                sample_rate=r[5],
+                steps=r[6],
+                max_grad_norm=r[7],
+            )
+            for r in rows
+        ]
+        return [e for e in events if e.run_id != exclude_run]
+
+    def epsilon(self) -> float:
+        """ε per patient spent so far at this site."""
+        return epsilon_spent((e.as_mechanism() for e in self.history()), self.delta, self.accountant)
+
+    def can_spend(self, planned: SpendEvent) -> LedgerCheck:
+        """Would committing ``planned`` keep every patient within the cap? Writes nothing."""
+        past = [e for e in self.history() if (e.run_id, e.round) != (planned.run_id, planned.round)]
+        before = epsilon_spent((e.as_mechanism() for e in past), self.delta, self.accountant)
+        after = epsilon_spent(
+            (*(e.as_mechanism() for e in past), planned.as_mechanism()),
+            self.delta,
+            self.accountant,
+        )
+        return LedgerCheck(
+            allowed=after <= self.epsilon_cap,
+            epsilon_before=before,
+            epsilon_after=after,
+            epsilon_cap=self.epsilon_cap,
+            delta=self.delta,
+        )
+
+    def commit(self, event: SpendEvent) -> bool:
+        """Record ``event``; returns False if this exact spend was already committed.
+
+        Raises
+        ------
+        VerificationError
+            If a *different* spend is already committed for the same run and round.
+        """
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            existing = db.execute(
+                "SELECT study, mechanism, noise_multiplier, sample_rate, steps, max_grad_norm"
+                " FROM spends WHERE run_id=? AND round=?",
+                (event.run_id, event.round),
+            ).fetchone()
+            if existing is not None:
+                db.execute("ROLLBACK")
+                same = existing == (
+                    event.study,
+                    event.mechanism,
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.steps,
+                    event.max_grad_norm,
+                )
+                if not same:
+                    raise VerificationError(
+                        f"ledger {self.path}: round {event.round} of run {event.run_id} is "
+                        "already committed with a different spend"
+                    )
+                return False
+            db.execute(
+                "INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.run_id,
+                    event.round,
+                    event.study,
+                    event.mechanism,
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.steps,
+                    event.max_grad_norm,
+                    self.clock().isoformat(),
+                ),
+            )
+            db.execute("COMMIT")
+        return True

@@ -1,0 +1,148 @@
+"""The glucose twin: a probabilistic forecaster of a type-1 diabetes patient's CGM glucose.
+
+Given the last ``L`` five-minute steps of CGM glucose, insulin delivered and carbohydrates eaten,
+and the *planned* insulin and carbohydrates over the next ``H`` steps, the twin predicts the CGM
+glucose at 5, 10, …, 5·H minutes as a Gaussian (mean and standard deviation, mg/dL).
+
+Invariants:
+
+* causal: the history encoder is a stack of left-padded dilated ``Conv1d`` blocks and only the
+  last time step's features are used, so the forecast depends on nothing after the anchor
+  (:mod:`fedtwin.twins.windows` keeps the inputs causal);
+* DP-friendly: only ``Conv1d``, ``GroupNorm`` and ``Linear`` layers, which Opacus computes
+  per-sample gradients for in closed form (no ``nn.GRU``; no batch statistics);
+* stateless normalisation: fixed clinical scales, never statistics of a site's data, so the
+  architecture leaks nothing and all sites share one input space;
+* persistence at initialisation: the output layer starts at zero, so an untrained twin predicts
+  "glucose stays where it is" with a broad uncertainty, and training can only start from there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torch.nn import functional
+
+from fedtwin.twins.windows import ForecastWindows
+
+GLUCOSE_CENTRE_MG_DL = 140.0
+GLUCOSE_SCALE_MG_DL = 60.0
+DELTA_SCALE_MG_DL = 50.0
+CARBS_SCALE_G = 20.0
+MIN_STD_NORMALISED = 1e-2
+
+
+class GlucoseTwinConfig(BaseModel):
+    """Architecture of the glucose twin (sent with the run config; identical at every site)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    history_steps: int = Field(36, ge=8, le=288, description="history length L, 5-min steps")
+    horizon_steps: int = Field(12, ge=1, le=24, description="forecast horizon H, 5-min steps")
+    channels: int = Field(32, ge=4, le=256, description="width of the convolutional encoder")
+    dilations: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=8)
+    kernel_size: int = Field(3, ge=2, le=7)
+
+    @property
+    def horizon_min(self) -> int:
+        """The forecast horizon in minutes."""
+        return 5 * self.horizon_steps
+
+
+@dataclass(frozen=True)
+class GlucoseForecast:
+    """A Gaussian forecast, ``[N, H]`` each, in mg/dL."""
+
+    mean_mg_dl: Tensor
+    std_mg_dl: Tensor
+
+
+class _CausalConvBlock(nn.Module):
+    """Residual block: left-padded dilated convolution, group norm, SiLU."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int) -> None:
+        super().__init__()
+        self.left_pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
+        self.norm = nn.GroupNorm(num_groups=min(8, channels), num_channels=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(functional.pad(x, (self.left_pad, 0)))
+        return x + functional.silu(self.norm(y))
+
+
+def normalise_history(history: Tensor) -> Tensor:
+    """Map raw history channels (mg/dL, U, g) to O(1) network inputs."""
+    cgm = (history[:, 0:1] - GLUCOSE_CENTRE_MG_DL) / GLUCOSE_SCALE_MG_DL
+    insulin = torch.log1p(history[:, 1:2].clamp_min(0.0))
+    carbs = history[:, 2:3] / CARBS_SCALE_G
+    return torch.cat([cgm, insulin, carbs], dim=1)
+
+
+def normalise_plan(plan: Tensor) -> Tensor:
+    """Map raw plan channels (U, g per 5-min bin) to O(1) network inputs."""
+    insulin = torch.log1p(plan[:, 0:1].clamp_min(0.0))
+    carbs = plan[:, 1:2] / CARBS_SCALE_G
+    return torch.cat([insulin, carbs], dim=1)
+
+
+class GlucoseTwin(nn.Module):
+    """Probabilistic CGM forecaster conditioned on the planned treatment.
+
+    ``forward`` returns the raw ``[N, 2, H]`` output (normalised mean change from the last
+    reading, and the unconstrained scale); use :meth:`forecast` for mg/dL.
+    """
+
+    def __init__(self, config: GlucoseTwinConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GlucoseTwinConfig()
+        width, horizon = self.config.channels, self.config.horizon_steps
+        self.input = nn.Conv1d(3, width, kernel_size=1)
+        self.blocks = nn.ModuleList(
+            _CausalConvBlock(width, self.config.kernel_size, d) for d in self.config.dilations
+        )
+        self.plan = nn.Linear(2 * horizon, width)
+        self.hidden = nn.Linear(2 * width, width)
+        self.output = nn.Linear(width, 2 * horizon)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, history: Tensor, plan: Tensor) -> Tensor:
+        """Raw output ``[N, 2, H]`` for raw inputs ``history [N,3,L]`` and ``plan [N,2,H]``."""
+        features = self.input(normalise_history(history))
+        for block in self.blocks:
+            features = block(features)
+        encoded = features[:, :, -1]
+        planned = functional.silu(self.plan(normalise_plan(plan).flatten(1)))
+        hidden = functional.silu(self.hidden(torch.cat([encoded, planned], dim=1)))
+        return self.output(hidden).view(-1, 2, self.config.horizon_steps)
+
+    def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
+        """Gaussian forecast in mg/dL for raw inputs."""
+        raw = self(history, plan)
+        last_mg_dl = history[:, 0, -1:]
+        return GlucoseForecast(
+            mean_mg_dl=last_mg_dl + DELTA_SCALE_MG_DL * raw[:, 0],
+            std_mg_dl=DELTA_SCALE_MG_DL * _std_normalised(raw[:, 1]),
+        )
+
+
+def _std_normalised(raw_scale: Tensor) -> Tensor:
+    # softplus(0) ≈ 0.69 ⇒ an untrained twin says ±35 mg/dL: broad, never degenerate.
+    return functional.softplus(raw_scale) + MIN_STD_NORMALISED
+
+
+def gaussian_nll(raw: Tensor, windows: ForecastWindows) -> Tensor:
+    """Mean Gaussian negative log-likelihood over windows and horizon, in normalised units.
+
+    Per-window terms are averaged (``reduction="mean"``), as Opacus expects by default.
+    """
+    last = windows.last_cgm_mg_dl.unsqueeze(1)
+    target = (windows.target_mg_dl - last) / DELTA_SCALE_MG_DL
+    std = _std_normalised(raw[:, 1])
+    nll = torch.log(std) + 0.5 * ((target - raw[:, 0]) / std) ** 2 + 0.5 * math.log(2 * math.pi)
+    return nll.mean()

@@ -1,0 +1,124 @@
+"""Training of a twin on one site's patients, with no privacy machinery in it.
+
+The dataset holds one item per *patient*: each access draws one random window of that patient,
+so "one record = one patient" holds for any sampler put on top of it (the privacy layer puts
+Poisson sampling of patients there). Randomness comes only from the injected generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fedtwin.twins.glucose import GlucoseTwin, gaussian_nll
+from fedtwin.twins.windows import ForecastWindows, cut_windows, valid_anchor_range
+
+WindowItem = tuple[Tensor, Tensor, Tensor]
+
+
+class PatientWindowDataset(Dataset[WindowItem]):
+    """One item per patient; item ``i`` is a fresh random window of patient ``i``.
+
+    Parameters
+    ----------
+    cgm_mg_dl, insulin_u, carbs_g : Tensor
+        ``[P, T]`` series of the site's training patients on the 5-minute grid.
+    history_steps, horizon_steps : int
+        Window lengths.
+    generator : torch.Generator
+        Source of the window positions (seeded for reproducible runs).
+    """
+
+    def __init__(
+        self,
+        cgm_mg_dl: Tensor,
+        insulin_u: Tensor,
+        carbs_g: Tensor,
+        history_steps: int,
+        horizon_steps: int,
+        generator: torch.Generator,
+    ) -> None:
+        anchors = valid_anchor_range(int(cgm_mg_dl.shape[1]), history_steps, horizon_steps)
+        if len(anchors) < 1:
+            raise ValueError(
+                f"series of {cgm_mg_dl.shape[1]} steps are too short for windows of "
+                f"{history_steps}+{horizon_steps} steps"
+            )
+        self.cgm_mg_dl, self.insulin_u, self.carbs_g = cgm_mg_dl, insulin_u, carbs_g
+        self.history_steps, self.horizon_steps = history_steps, horizon_steps
+        self.anchors = anchors
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return int(self.cgm_mg_dl.shape[0])
+
+    def __getitem__(self, patient: int) -> WindowItem:
+        offset = int(torch.randint(len(self.anchors), (1,), generator=self.generator))
+        windows = cut_windows(
+            self.cgm_mg_dl,
+            self.insulin_u,
+            self.carbs_g,
+            torch.tensor([patient]),
+            torch.tensor([self.anchors.start + offset]),
+            self.history_steps,
+            self.horizon_steps,
+        )
+        return windows.history[0], windows.plan[0], windows.target_mg_dl[0]
+
+
+def as_windows(batch: Iterable[Tensor]) -> ForecastWindows:
+    """Turn a collated ``(history, plan, target)`` batch into :class:`ForecastWindows`."""
+    history, plan, target = batch
+    return ForecastWindows(history=history, plan=plan, target_mg_dl=target)
+
+
+def repeat_batches(loader: Iterable[list[Tensor]]) -> Iterator[ForecastWindows]:
+    """Cycle over a loader forever (each pass is a new epoch of sampling)."""
+    while True:
+        for batch in loader:
+            yield as_windows(batch)
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a local training run did."""
+
+    steps: int
+    mean_loss: float
+
+
+def fit_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[ForecastWindows],
+    steps: int,
+) -> TrainingSummary:
+    """Take ``steps`` optimiser steps on the Gaussian NLL; works for DP and plain optimisers."""
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        windows = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = gaussian_nll(model(windows.history, windows.plan), windows)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return TrainingSummary(steps=steps, mean_loss=total / max(steps, 1))
+
+
+def train_non_private(
+    model: GlucoseTwin,
+    dataset: PatientWindowDataset,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    generator: torch.Generator,
+) -> TrainingSummary:
+    """Plain minibatch training (a baseline for benchmarks and tests; never used by sites)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    return fit_steps(model, optimizer, repeat_batches(loader), steps)
