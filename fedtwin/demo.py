@@ -34,6 +34,7 @@ from fedtwin.federation import (
     make_server_app,
     simulation_sites,
 )
+from fedtwin.federation.client import write_sites_manifest
 from fedtwin.federation.outputs import write_json
 from fedtwin.privacy import DpSgdConfig
 
@@ -51,14 +52,14 @@ class DemoConfig(BaseModel):
 
     rounds: int = Field(5, ge=1, le=100)
     sites: int = Field(3, ge=1, le=12)
-    patients_per_site: int = Field(400, ge=20, le=5000)
-    days: float = Field(1.5, ge=0.5, le=30)
+    patients_per_site: int = Field(1000, ge=20, le=5000)
+    days: float = Field(1.0, ge=0.5, le=30)
     epsilon_cap: float = Field(8.0, gt=0, le=100)
     delta: float = Field(1e-5, gt=0, lt=1)
     heldout_fraction: float = Field(0.2, gt=0, lt=0.9)
     local_steps: int = Field(30, ge=1, le=1000)
-    batch_patients: int = Field(64, ge=1, le=5000)
-    learning_rate: float = Field(2e-3, gt=0, le=1)
+    batch_patients: int = Field(256, ge=1, le=5000)
+    learning_rate: float = Field(1e-2, gt=0, le=1)
     seed: int = Field(0, ge=0)
     out: Path = Path("runs")
 
@@ -174,6 +175,7 @@ def run_demo(
     try:
         partial_dir.mkdir(parents=True)
         sites = generate_sites(config, partial_dir / "sites", on_site_simulated)
+        write_sites_manifest(partial_dir / "sites", sites)
         run = run_config_for(config)
         write_json(partial_dir / "run_config.json", run.model_dump(mode="json"))
         outcome = CoordinatorOutcome()
@@ -188,7 +190,9 @@ def run_demo(
             outcome=outcome,
         )
         client_app = make_client_app(simulation_sites(sites))
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        # run_simulation is deprecated upstream (flwr run is the CLI path); the API is what an
+        # in-process demo needs, so its deprecation notice is not shown to users.
+        logging.getLogger("flwr").setLevel(logging.ERROR)
         run_simulation(
             server_app=server_app,
             client_app=client_app,

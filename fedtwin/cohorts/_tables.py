@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from fedtwin.errors import ConfigError
 
-_DATA_PACKAGE = "fedtwin.cohorts.data"
+_PACKAGE = "fedtwin.cohorts"
 PATIENT_TABLE = "vpatient_params.csv"
 QUEST_TABLE = "Quest.csv"
 
@@ -91,7 +91,7 @@ def read_numeric_table(
         If the file is missing, empty, has ragged rows, duplicate keys or non-finite values.
     """
     try:
-        text = resources.files(_DATA_PACKAGE).joinpath(filename).read_text(encoding="utf-8")
+        text = resources.files(_PACKAGE).joinpath("data", filename).read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise ConfigError(f"vendored table {filename!r} is missing") from exc
     rows = [row for row in csv.reader(io.StringIO(text)) if row]

@@ -1,11 +1,13 @@
 """Seeded random daily meal scenarios (three meals and three optional snacks per day).
 
 Invariant: :func:`random_meal_scenario` is a pure function of its arguments and the state of
-the ``torch.Generator`` it is given: each day of each patient gets, independently, each meal of
-:data:`DEFAULT_MEALS` with that meal's probability, at a time drawn from a normal distribution
-truncated to the meal's window and rounded to the minute, with a size drawn from a normal
-distribution rounded to whole grams and floored at 0 g. The result holds the grams *announced*
-at each meal's start minute and 0 elsewhere; meals outside the simulated window are dropped.
+the ``torch.Generator`` it is given. Draws go day by day, so a longer scenario, or one started
+later in day 0, repeats the meals of a shorter one at their common clock times. Each day of
+each patient gets, independently, each meal of :data:`DEFAULT_MEALS` with that meal's
+probability, at a time drawn from a normal distribution truncated to the meal's window and
+rounded to the minute, with a size drawn from a normal distribution rounded to whole grams and
+floored at 0 g. The result holds the grams *announced* at each meal's start minute and 0
+elsewhere; meals outside the simulated window are dropped.
 """
 
 from __future__ import annotations
@@ -158,20 +160,22 @@ def random_meal_scenario(
     if tuple(scale.shape) != (batch_size,) or bool((scale < 0).any()):
         raise ConfigError(f"carb_scale must be a non-negative tensor of shape [{batch_size}]")
     days = math.ceil((start_minute_of_day + minutes) / MINUTES_PER_DAY)
-    shape = (batch_size, days)
-    day_start = torch.arange(days, dtype=torch.float64) * MINUTES_PER_DAY - start_minute_of_day
     announced = torch.zeros(batch_size, minutes + 1, dtype=torch.float64)
-    for meal in meals:
-        happens = torch.rand(shape, generator=generator, dtype=torch.float64) < meal.probability
-        low, high = meal.time_window_min
-        clock = _truncated_normal(meal.time_mean_min, meal.time_sd_min, low, high, shape, generator)
-        sizes = meal.carbs_mean_g + meal.carbs_sd_g * torch.randn(
-            shape, generator=generator, dtype=torch.float64
-        )
-        grams = torch.clamp_min(torch.round(sizes * scale[:, None]), 0.0)
-        minute = torch.round(clock) + day_start
-        inside = happens & (minute >= 0) & (minute < minutes)
-        # Out-of-window meals go to the spare last column, which is dropped below.
-        column = torch.where(inside, minute, float(minutes)).to(torch.int64)
-        announced.scatter_add_(1, column, torch.where(inside, grams, 0.0))
+    for day in range(days):
+        day_start = day * MINUTES_PER_DAY - start_minute_of_day
+        for meal in meals:
+            happens = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            low, high = meal.time_window_min
+            clock = _truncated_normal(
+                meal.time_mean_min, meal.time_sd_min, low, high, (batch_size,), generator
+            )
+            z = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+            grams = torch.clamp_min(
+                torch.round((meal.carbs_mean_g + meal.carbs_sd_g * z) * scale), 0.0
+            )
+            minute = torch.round(clock) + day_start
+            inside = (happens < meal.probability) & (minute >= 0) & (minute < minutes)
+            # Meals outside the window go to the spare last column, dropped below.
+            column = torch.where(inside, minute, float(minutes)).to(torch.int64)
+            announced.scatter_add_(1, column[:, None], torch.where(inside, grams, 0.0)[:, None])
     return announced[:, :minutes].contiguous()

@@ -1,6 +1,11 @@
 """Flower ServerApp / ClientApp factories with fedtwin's guard rails and validation."""
 
-from fedtwin.federation.client import make_client_app, simulation_sites
+from fedtwin.federation.client import (
+    load_site_config,
+    make_client_app,
+    node_config_sites,
+    simulation_sites,
+)
 from fedtwin.federation.collector import RoundCollector
 from fedtwin.federation.config import RunConfig, SiteConfig, SiteId
 from fedtwin.federation.server import CoordinatorOutcome, make_server_app, run_coordinator
@@ -14,8 +19,10 @@ __all__ = [
     "SiteConfig",
     "SiteId",
     "ValidatedStrategy",
+    "load_site_config",
     "make_client_app",
     "make_server_app",
+    "node_config_sites",
     "run_coordinator",
     "simulation_sites",
 ]

@@ -15,6 +15,7 @@ The twin model and the aggregation strategy know nothing of these rules.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,6 +120,10 @@ def _round_generator(site: SiteConfig, run_id: str, server_round: int) -> torch.
     return torch.Generator().manual_seed(seed)
 
 
+# σ is a pure function of these inputs and costs seconds (PRV bisection): compute once per run.
+_calibrated = functools.lru_cache(maxsize=64)(calibrate_noise_multiplier)
+
+
 def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
     # (1): validate the run config and the global model.
     run = _run_config(msg)
@@ -138,9 +143,9 @@ def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
     run_id = str(context.run_id)
     ledger = PrivacyLedger(site.ledger_path, site.epsilon_cap, site.delta, site.accountant)
     sample_rate = poisson_sample_rate(num_patients, run.dp.expected_batch_patients)
-    prior = [e.as_mechanism() for e in ledger.history(exclude_run=run_id)]
+    prior = tuple(e.as_mechanism() for e in ledger.history(exclude_run=run_id))
     try:
-        noise_multiplier = calibrate_noise_multiplier(
+        noise_multiplier = _calibrated(
             target_epsilon=site.epsilon_cap,
             delta=site.delta,
             sample_rate=sample_rate,
@@ -241,3 +246,79 @@ def _evaluate(msg: Message, site: SiteConfig) -> Message:
         {"metrics": record, SITE_RECORD_KEY: ConfigRecord({"site-id": site.site_id})}
     )
     return Message(content=content, reply_to=msg)
+
+
+SITES_MANIFEST = "sites.json"
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read a site config (TOML) and validate it; any problem is one :class:`ConfigError`."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from fedtwin.federation.config import one_line
+
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        return SiteConfig.model_validate(document.get("site", document))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read site config ({error.strerror})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from error
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {one_line(error)}") from error
+
+
+def load_sites_manifest(path: Path) -> list[SiteConfig]:
+    """Read the ``sites.json`` list of site configs written by ``fedtwin demo``."""
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from fedtwin.federation.config import one_line
+
+    try:
+        sites = TypeAdapter(list[SiteConfig]).validate_python(json.loads(path.read_text()))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read sites manifest ({error.strerror})") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: invalid JSON at line {error.lineno}") from error
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {one_line(error)}") from error
+    root = path.parent.resolve()
+    return [
+        site.model_copy(
+            update={"data_dir": root / site.data_dir, "state_dir": root / site.state_dir}
+        )
+        for site in sites
+    ]
+
+
+def write_sites_manifest(root: Path, sites: Sequence[SiteConfig]) -> Path:
+    """Write ``root/sites.json`` with each site's folders relative to ``root`` (movable)."""
+    from fedtwin.federation.outputs import write_json
+
+    base = root.resolve()
+    documents = [
+        site.model_copy(
+            update={
+                "data_dir": site.data_dir.resolve().relative_to(base),
+                "state_dir": site.state_dir.resolve().relative_to(base),
+            }
+        ).model_dump(mode="json")
+        for site in sites
+    ]
+    write_json(root / SITES_MANIFEST, documents)
+    return root / SITES_MANIFEST
+
+
+def node_config_sites(context: Context) -> SiteConfig:
+    """Resolve a node's site: ``site-config`` (a TOML file, deployment) or, in a simulation
+    started with ``flwr run``, ``partition-id`` into ``<data-root>/sites.json``."""
+    if "site-config" in context.node_config:
+        return load_site_config(Path(str(context.node_config["site-config"])))
+    if "partition-id" in context.node_config and "data-root" in context.run_config:
+        manifest = Path(str(context.run_config["data-root"])) / SITES_MANIFEST
+        return simulation_sites(load_sites_manifest(manifest))(context)
+    raise ConfigError("node config names no site-config, and no data-root is configured")

@@ -87,9 +87,13 @@ def train_private_round(
             poisson_sampling=False,  # already a Poisson DPDataLoader over patients
             noise_generator=generator,
         )
-    summary = fit_steps(
-        private_model, private_optimizer, repeat_batches(private_loader), config.local_steps
-    )
+    try:
+        summary = fit_steps(
+            private_model, private_optimizer, repeat_batches(private_loader), config.local_steps
+        )
+    finally:
+        # Detach Opacus' hooks so the caller gets its plain module back.
+        private_model._close()
     history = engine.accountant.history
     if len(history) != 1 or history[0][2] != config.local_steps:
         raise RuntimeError(f"accountant saw {history}, expected one mechanism x {summary.steps}")
