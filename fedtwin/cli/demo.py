@@ -67,9 +67,9 @@ def summary_table(result: DemoResult) -> Table:
     evaluation = result.collector.evaluate[final_round]
     train = result.collector.train.get(max(result.collector.train), {})
     table = Table(title=f"held-out patients after round {final_round} (RMSE, mg/dL)")
-    for header in ("site", "patients", "twin 30m", "persist. 30m", "twin 60m", "persist. 60m"):
-        table.add_column(header, justify="right" if header != "site" else "left")
-    table.add_column("ε per patient", justify="right")
+    table.add_column("site", no_wrap=True)
+    for header in ("held-out", "twin 30'", "persist. 30'", "twin 60'", "persist. 60'", "ε"):
+        table.add_column(header, justify="right")
     for site, m in sorted(evaluation.items()):
         table.add_row(
             site,

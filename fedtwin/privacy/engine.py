@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedtwin.privacy.accountant import AccountantKind, MechanismSteps, poisson_sample_rate
@@ -47,6 +49,48 @@ class PrivateRoundResult:
     max_grad_norm: float
 
 
+@dataclass(frozen=True)
+class PrivateTraining:
+    """The Opacus-wrapped model, optimiser and patient loader of one round."""
+
+    engine: PrivacyEngine
+    model: GradSampleModule
+    optimizer: DPOptimizer
+    loader: DPDataLoader
+
+
+def make_private_training(
+    model: torch.nn.Module,
+    dataset: PatientWindowDataset,
+    noise_multiplier: float,
+    config: DpSgdConfig,
+    generator: torch.Generator,
+) -> PrivateTraining:
+    """Attach Opacus to ``model`` with Poisson sampling of *patients* (see module docstring).
+
+    The caller must call ``model._close()`` on the returned wrapper when done, which
+    :func:`train_private_round` does.
+    """
+    sample_rate = poisson_sample_rate(len(dataset), config.expected_batch_patients)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
+    engine = PrivacyEngine(accountant=config.accountant.value)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    model.train()
+    with warnings.catch_warnings():
+        # Opacus warns that a non-secure RNG is used; the caller chose the generator.
+        warnings.simplefilter("ignore", UserWarning)
+        private_model, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=False,  # already a Poisson DPDataLoader over patients
+            noise_generator=generator,
+        )
+    return PrivateTraining(engine, private_model, private_optimizer, private_loader)
+
+
 def train_private_round(
     model: torch.nn.Module,
     dataset: PatientWindowDataset,
@@ -70,31 +114,22 @@ def train_private_round(
         Drives patient sampling, window choice and the noise (seeded runs are reproducible;
         a production site may pass Opacus' secure mode instead).
     """
-    sample_rate = poisson_sample_rate(len(dataset), config.expected_batch_patients)
-    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
-    engine = PrivacyEngine(accountant=config.accountant.value)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    model.train()
-    with warnings.catch_warnings():
-        # Opacus warns that a non-secure RNG is used; the caller chose the generator.
-        warnings.simplefilter("ignore", UserWarning)
-        private_model, private_optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            poisson_sampling=False,  # already a Poisson DPDataLoader over patients
-            noise_generator=generator,
-        )
+    private = make_private_training(model, dataset, noise_multiplier, config, generator)
     try:
-        summary = fit_steps(
-            private_model, private_optimizer, repeat_batches(private_loader), config.local_steps
-        )
+        with warnings.catch_warnings():
+            # Inputs never require grad, so torch notes that Opacus' full backward hooks fire
+            # on module outputs: that is exactly what per-sample gradients need.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            summary = fit_steps(
+                private.model,
+                private.optimizer,
+                repeat_batches(private.loader),
+                config.local_steps,
+            )
     finally:
         # Detach Opacus' hooks so the caller gets its plain module back.
-        private_model._close()
-    history = engine.accountant.history
+        private.model._close()
+    history = private.engine.accountant.history
     if len(history) != 1 or history[0][2] != config.local_steps:
         raise RuntimeError(f"accountant saw {history}, expected one mechanism x {summary.steps}")
     accounted_noise, accounted_rate, accounted_steps = history[0]
@@ -105,4 +140,3 @@ def train_private_round(
         mean_loss=summary.mean_loss,
         max_grad_norm=config.max_grad_norm,
     )
-

@@ -6,10 +6,11 @@ glucose at 5, 10, …, 5·H minutes as a Gaussian (mean and standard deviation, 
 
 Invariants:
 
-* causal: the history encoder is a stack of left-padded dilated ``Conv1d`` blocks and only the
-  last time step's features are used, so the forecast depends on nothing after the anchor
+* causal: the history encoder is a stack of left-padded dilated ``Conv1d`` blocks with
+  per-time-step ``LayerNorm``, so features at step ``s`` see inputs up to ``s`` only; the forecast
+  uses the last step's features and so depends on nothing after the anchor
   (:mod:`fedtwin.twins.windows` keeps the inputs causal);
-* DP-friendly: only ``Conv1d``, ``GroupNorm`` and ``Linear`` layers, which Opacus computes
+* DP-friendly: only ``Conv1d``, ``LayerNorm`` and ``Linear`` layers, which Opacus computes
   per-sample gradients for in closed form (no ``nn.GRU``; no batch statistics);
 * stateless normalisation: fixed clinical scales, never statistics of a site's data, so the
   architecture leaks nothing and all sites share one input space;
@@ -62,17 +63,20 @@ class GlucoseForecast:
 
 
 class _CausalConvBlock(nn.Module):
-    """Residual block: left-padded dilated convolution, group norm, SiLU."""
+    """Residual block: left-padded dilated convolution, per-time-step layer norm, SiLU."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int) -> None:
         super().__init__()
         self.left_pad = (kernel_size - 1) * dilation
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
-        self.norm = nn.GroupNorm(num_groups=min(8, channels), num_channels=channels)
+        # LayerNorm over channels at each time step: no statistic ever mixes time steps, so
+        # the feature at step s depends on inputs up to s only.
+        self.norm = nn.LayerNorm(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(functional.pad(x, (self.left_pad, 0)))
-        return x + functional.silu(self.norm(y))
+        y = self.norm(y.transpose(1, 2)).transpose(1, 2)
+        return x + functional.silu(y)
 
 
 def normalise_history(history: Tensor) -> Tensor:

@@ -1,0 +1,174 @@
+import ast
+from pathlib import Path
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from fedtwin.cohorts import CohortSeries
+from fedtwin.privacy import (
+    AccountantKind,
+    DpSgdConfig,
+    MechanismSteps,
+    epsilon_spent,
+    train_private_round,
+)
+from fedtwin.privacy.engine import make_private_training
+from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, gaussian_nll
+from fedtwin.twins.training import PatientWindowDataset, as_windows
+
+TWIN = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=8)
+PACKAGE = Path(__file__).resolve().parents[2] / "fedtwin"
+
+
+def _dataset(cohort: CohortSeries, generator: torch.Generator, rows: int = 40):
+    return PatientWindowDataset(
+        cohort.cgm_mg_dl[:rows],
+        cohort.insulin_u[:rows],
+        cohort.carbs_g[:rows],
+        TWIN.history_steps,
+        TWIN.horizon_steps,
+        generator,
+    )
+
+
+def test_opacus_engine_is_attached_with_poisson_sampling_of_patients(
+    adult_cohort: CohortSeries, generator: torch.Generator
+) -> None:
+    dataset = _dataset(adult_cohort, generator)
+    private = make_private_training(
+        GlucoseTwin(TWIN), dataset, 1.0, DpSgdConfig(expected_batch_patients=10), generator
+    )
+    try:
+        assert isinstance(private.model, GradSampleModule)
+        assert isinstance(private.optimizer, DPOptimizer)
+        sampler = private.loader.batch_sampler
+        assert isinstance(sampler, UniformWithReplacementSampler)
+        # One Poisson draw per *patient*: the sampled population is the patients, not windows.
+        assert sampler.num_samples == len(dataset) == 40
+        assert sampler.sample_rate == 0.25
+        assert private.optimizer.noise_multiplier == 1.0
+    finally:
+        private.model._close()
+
+
+def test_each_dataset_item_is_one_window_of_that_patient(
+    adult_cohort: CohortSeries, generator: torch.Generator
+) -> None:
+    dataset = _dataset(adult_cohort, generator)
+    history, _, _ = dataset[5]
+    row = adult_cohort.cgm_mg_dl[5]
+    last = float(history[0, -1])
+    assert any(abs(float(v) - last) < 1e-4 for v in row)
+    assert len(dataset) == 40
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    clip=st.floats(0.01, 10.0),
+    input_scale=st.floats(0.1, 50.0),
+    seed=st.integers(0, 1000),
+)
+def test_per_patient_gradients_are_clipped_to_the_norm(
+    clip: float, input_scale: float, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    cgm = 120 + input_scale * torch.randn(6, 60, generator=generator)
+    insulin = torch.rand(6, 60, generator=generator) * input_scale
+    carbs = torch.rand(6, 60, generator=generator) * input_scale
+    dataset = PatientWindowDataset(cgm, insulin, carbs, 24, 12, generator)
+    torch.manual_seed(seed)
+    model = GlucoseTwin(TWIN)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.2)
+    config = DpSgdConfig(expected_batch_patients=6, max_grad_norm=clip)
+    private = make_private_training(model, dataset, 1.0, config, generator)
+    try:
+        batch = as_windows(next(iter(private.loader)))
+        if len(batch) == 0:
+            return
+        loss = gaussian_nll(private.model(batch.history, batch.plan), batch)
+        loss.backward()
+        per_sample = torch.cat(
+            [p.grad_sample.reshape(len(batch), -1) for p in model.parameters()], dim=1
+        )
+        private.optimizer.clip_and_accumulate()
+        summed = torch.cat([p.summed_grad.reshape(-1) for p in model.parameters()])
+        raw_norms = per_sample.norm(dim=1)
+        factors = (clip / (raw_norms + 1e-6)).clamp(max=1.0)
+        expected = (per_sample * factors.unsqueeze(1)).sum(dim=0)
+        assert torch.allclose(summed, expected, rtol=1e-4, atol=1e-6)
+        assert float(summed.norm()) <= len(batch) * clip * (1 + 1e-4)
+        assert (raw_norms * factors <= clip * (1 + 1e-4)).all()
+    finally:
+        private.model._close()
+
+
+def test_epsilon_grows_over_rounds_and_matches_a_fresh_accountant(
+    adult_cohort: CohortSeries, generator: torch.Generator
+) -> None:
+    dataset = _dataset(adult_cohort, generator)
+    model = GlucoseTwin(TWIN)
+    config = DpSgdConfig(local_steps=4, expected_batch_patients=10, accountant="rdp")
+    spent: list[MechanismSteps] = []
+    epsilons = []
+    for _ in range(3):
+        result = train_private_round(model, dataset, 1.2, config, generator)
+        spent.append(result.mechanism)
+        epsilons.append(epsilon_spent(spent, 1e-5, AccountantKind.RDP))
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    fresh = epsilon_spent(
+        [MechanismSteps(noise_multiplier=1.2, sample_rate=0.25, steps=12)],
+        1e-5,
+        AccountantKind.RDP,
+    )
+    assert abs(epsilons[-1] - fresh) < 1e-9
+    assert not isinstance(model, GradSampleModule)
+    assert not hasattr(next(model.parameters()), "grad_sample") or all(
+        p.grad_sample is None for p in model.parameters()
+    )
+
+
+def test_training_changes_the_model_and_adds_noise(
+    adult_cohort: CohortSeries, generator: torch.Generator
+) -> None:
+    dataset = _dataset(adult_cohort, generator)
+    torch.manual_seed(0)
+    first, second = GlucoseTwin(TWIN), GlucoseTwin(TWIN)
+    second.load_state_dict(first.state_dict())
+    config = DpSgdConfig(local_steps=3, expected_batch_patients=10)
+    train_private_round(first, dataset, 1.0, config, torch.Generator().manual_seed(1))
+    train_private_round(second, dataset, 1.0, config, torch.Generator().manual_seed(2))
+    initial = GlucoseTwin(TWIN).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in first.state_dict().items())
+    assert any(not torch.equal(second.state_dict()[k], v) for k, v in first.state_dict().items())
+
+
+def test_only_the_privacy_package_imports_opacus() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(PACKAGE / "privacy"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "opacus" for name in names):
+                offenders.append(str(path))
+    assert offenders == []
+
+
+def test_training_path_never_uses_record_level_loaders() -> None:
+    # Sites train only through train_private_round, whose loader is built over the patient
+    # dataset; no DataLoader over windows appears on the site path.
+    client = (PACKAGE / "federation" / "client.py").read_text()
+    engine = (PACKAGE / "privacy" / "engine.py").read_text()
+    assert "train_private_round" in client
+    assert "DataLoader(" not in client
+    assert "train_non_private" not in client
+    assert "DPDataLoader(dataset, sample_rate=sample_rate" in engine
