@@ -1,0 +1,1 @@
+"""A hospital's deployable: the Flower ClientApp entry."""

@@ -1,0 +1,1 @@
+"""The consortium's deployable: the Flower ServerApp entry."""

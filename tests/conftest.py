@@ -11,8 +11,8 @@ os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 
-from fedtwin.cohorts import CohortSeries, names_in_group, simulate_cohort  # noqa: E402
-from fedtwin.cohorts.population import AgeGroup  # noqa: E402
+from fedtwin.cohorts import CohortSeries, names_in_group, simulate_cohort
+from fedtwin.cohorts.population import AgeGroup
 
 
 @pytest.fixture(scope="session")

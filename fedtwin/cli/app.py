@@ -96,9 +96,11 @@ def main() -> None:
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.UsageError as error:
-        hint = f" (see 'fedtwin {error.ctx.command_path.split(' ', 1)[-1]} --help')" if (
-            error.ctx and " " in error.ctx.command_path
-        ) else ""
+        hint = (
+            f" (see 'fedtwin {error.ctx.command_path.split(' ', 1)[-1]} --help')"
+            if (error.ctx and " " in error.ctx.command_path)
+            else ""
+        )
         stderr.print(f"fedtwin: error: {error.format_message()}{hint}", markup=False)
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:

@@ -92,6 +92,13 @@ def _run_config(msg: Message) -> RunConfig:
     return RunConfig.from_json(str(config[RUN_CONFIG_KEY]))
 
 
+def _server_round(msg: Message) -> int:
+    value = msg.content.config_records["config"].get("server-round")
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError("message carries no valid server-round")
+    return value
+
+
 def _load_global_model(msg: Message, run: RunConfig) -> GlucoseTwin:
     arrays = msg.content.array_records.get("arrays")
     if arrays is None:
@@ -127,7 +134,7 @@ _calibrated = functools.lru_cache(maxsize=64)(calibrate_noise_multiplier)
 def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
     # (1): validate the run config and the global model.
     run = _run_config(msg)
-    server_round = int(msg.content.config_records["config"]["server-round"])
+    server_round = _server_round(msg)
     if run.delta != site.delta:
         raise ConfigError(f"run asks delta={run.delta}, site {site.site_id} uses {site.delta}")
     model = _load_global_model(msg, run)
@@ -216,7 +223,7 @@ def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
 
 def _evaluate(msg: Message, site: SiteConfig) -> Message:
     run = _run_config(msg)
-    server_round = int(msg.content.config_records["config"]["server-round"])
+    server_round = _server_round(msg)
     model = _load_global_model(msg, run)
     series = _load_series(site.data_dir / "heldout.safetensors")
     if len(series.patient_names) < site.min_heldout_patients:
@@ -314,8 +321,11 @@ def write_sites_manifest(root: Path, sites: Sequence[SiteConfig]) -> Path:
 
 
 def node_config_sites(context: Context) -> SiteConfig:
-    """Resolve a node's site: ``site-config`` (a TOML file, deployment) or, in a simulation
-    started with ``flwr run``, ``partition-id`` into ``<data-root>/sites.json``."""
+    """Resolve a node's site from its node config.
+
+    ``site-config`` names a TOML file (deployment); in a simulation started with ``flwr run``,
+    ``partition-id`` indexes ``<data-root>/sites.json``.
+    """
     if "site-config" in context.node_config:
         return load_site_config(Path(str(context.node_config["site-config"])))
     if "partition-id" in context.node_config and "data-root" in context.run_config:

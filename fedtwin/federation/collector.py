@@ -61,7 +61,7 @@ class RoundCollector:
         pooled = pool_site_metrics(per_site, weight_key)
         if self.on_round_evaluated is not None:
             self.on_round_evaluated(server_round, self)
-        return MetricRecord(pooled)
+        return MetricRecord(dict[str, int | float | list[int] | list[float]](pooled))
 
 
 def pool_site_metrics(per_site: dict[str, SiteMetrics], weight_key: str) -> dict[str, float]:

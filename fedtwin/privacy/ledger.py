@@ -148,7 +148,9 @@ class PrivacyLedger:
 
     def epsilon(self) -> float:
         """ε per patient spent so far at this site."""
-        return epsilon_spent((e.as_mechanism() for e in self.history()), self.delta, self.accountant)
+        return epsilon_spent(
+            (e.as_mechanism() for e in self.history()), self.delta, self.accountant
+        )
 
     def can_spend(self, planned: SpendEvent) -> LedgerCheck:
         """Would committing ``planned`` keep every patient within the cap? Writes nothing."""

@@ -123,7 +123,8 @@ class GlucoseTwin(nn.Module):
         encoded = features[:, :, -1]
         planned = functional.silu(self.plan(normalise_plan(plan).flatten(1)))
         hidden = functional.silu(self.hidden(torch.cat([encoded, planned], dim=1)))
-        return self.output(hidden).view(-1, 2, self.config.horizon_steps)
+        raw: Tensor = self.output(hidden)
+        return raw.view(-1, 2, self.config.horizon_steps)
 
     def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
         """Gaussian forecast in mg/dL for raw inputs."""

@@ -52,7 +52,9 @@ def forecast_metrics(
             continue
         metrics.update(_errors(mean[:, step - 1], target[:, step - 1], f"_{horizon_min}"))
         metrics.update(
-            _errors(persistence[:, step - 1], target[:, step - 1], f"_{horizon_min}", "persistence_")
+            _errors(
+                persistence[:, step - 1], target[:, step - 1], f"_{horizon_min}", "persistence_"
+            )
         )
     return metrics
 

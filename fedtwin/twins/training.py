@@ -104,7 +104,7 @@ def fit_steps(
         windows = next(batches)
         optimizer.zero_grad(set_to_none=True)
         loss = gaussian_nll(model(windows.history, windows.plan), windows)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += float(loss.detach())
     return TrainingSummary(steps=steps, mean_loss=total / max(steps, 1))

@@ -93,9 +93,7 @@ def cut_windows(
     )
     plan = torch.stack([insulin_u[patients, future], carbs_g[patients, future]], dim=1)
     target = cgm_mg_dl[patients, future + 1]
-    return ForecastWindows(
-        history=history.float(), plan=plan.float(), target_mg_dl=target.float()
-    )
+    return ForecastWindows(history=history.float(), plan=plan.float(), target_mg_dl=target.float())
 
 
 def all_windows(

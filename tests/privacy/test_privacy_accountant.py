@@ -20,7 +20,9 @@ def _analytic_gaussian_delta(epsilon: float, sigma: float) -> float:
     def phi(x: float) -> float:
         return 0.5 * math.erfc(-x / math.sqrt(2))
 
-    return phi(0.5 / sigma - epsilon * sigma) - math.exp(epsilon) * phi(-0.5 / sigma - epsilon * sigma)
+    return phi(0.5 / sigma - epsilon * sigma) - math.exp(epsilon) * phi(
+        -0.5 / sigma - epsilon * sigma
+    )
 
 
 @pytest.mark.parametrize("sigma", [0.8, 1.0, 2.0])

@@ -113,8 +113,9 @@ def test_non_private_training_on_one_site_beats_persistence_at_30_min(
         generator,
     )
     model = GlucoseTwin(CONFIG)
-    train_non_private(model, dataset, steps=300, batch_size=32, learning_rate=3e-3,
-                      generator=generator)
+    train_non_private(
+        model, dataset, steps=300, batch_size=32, learning_rate=3e-3, generator=generator
+    )
     windows = all_windows(
         adult_cohort.cgm_mg_dl[test_rows],
         adult_cohort.insulin_u[test_rows],

@@ -1,0 +1,44 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from fedtwin.errors import ConfigError
+from fedtwin.federation import RunConfig, load_site_config
+from fedtwin.federation.client import load_sites_manifest, write_sites_manifest
+from fedtwin.federation.config import SiteConfig
+
+
+def test_run_config_roundtrips_through_its_wire_form() -> None:
+    config = RunConfig(num_rounds=4, seed=9)
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_unknown_run_config_key_is_a_one_line_error() -> None:
+    document = json.loads(RunConfig().to_json())
+    document["dp"]["noise_free"] = True
+    with pytest.raises(ConfigError, match=r"^run config: dp\.noise_free: Extra inputs"):
+        RunConfig.from_json(json.dumps(document))
+
+
+def test_site_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[site]\nsite_id = "Bad Id"\ndata_dir = "d"\nstate_dir = "s"\n')
+    with pytest.raises(ConfigError, match=r"site\.toml: site_id: String should match"):
+        load_site_config(path)
+    path.write_text("[site\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_site_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_site_config(tmp_path / "missing.toml")
+
+
+def test_sites_manifest_is_relative_and_movable(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "sites"
+    site = SiteConfig(site_id="site-x", data_dir=root / "site-x/data", state_dir=root / "site-x/s")
+    root.mkdir(parents=True)
+    write_sites_manifest(root, [site])
+    moved = tmp_path / "b"
+    (tmp_path / "a").rename(moved)
+    [loaded] = load_sites_manifest(moved / "sites" / "sites.json")
+    assert loaded.data_dir == (moved / "sites" / "site-x" / "data").resolve()
