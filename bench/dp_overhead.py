@@ -50,9 +50,7 @@ def main() -> None:
 
     def time_plain() -> float:
         started = time.perf_counter()
-        train_non_private(
-            GlucoseTwin(), dataset(), args.steps, args.batch, 1e-2, torch.Generator()
-        )
+        train_non_private(GlucoseTwin(), dataset(), args.steps, args.batch, 1e-2, torch.Generator())
         return (time.perf_counter() - started) / args.steps
 
     time_private(), time_plain()  # warm-up
