@@ -42,3 +42,25 @@ def test_sites_manifest_is_relative_and_movable(tmp_path: Path) -> None:
     (tmp_path / "a").rename(moved)
     [loaded] = load_sites_manifest(moved / "sites" / "sites.json")
     assert loaded.data_dir == (moved / "sites" / "site-x" / "data").resolve()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_site_config_template_is_valid() -> None:
+    site = load_site_config(REPO / "client" / "site.toml")
+    assert site.site_id == "site-example"
+    assert site.ledger_path.name == "privacy-ledger.sqlite"
+
+
+def test_deployable_entries_are_flower_apps_from_the_library() -> None:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    assert isinstance(server_app, ServerApp)
+    assert isinstance(client_app, ClientApp)
+    for entry in ("server/app.py", "client/app.py"):
+        assert len((REPO / entry).read_text().splitlines()) < 15, f"{entry} must stay thin"
