@@ -33,8 +33,8 @@ from fedtwin.federation import (
     make_client_app,
     make_server_app,
     simulation_sites,
+    write_sites_manifest,
 )
-from fedtwin.federation.client import write_sites_manifest
 from fedtwin.federation.outputs import write_json
 from fedtwin.privacy import DpSgdConfig
 

@@ -1,14 +1,16 @@
 """Flower ServerApp / ClientApp factories with fedtwin's guard rails and validation."""
 
-from fedtwin.federation.client import (
-    load_site_config,
-    make_client_app,
-    node_config_sites,
-    simulation_sites,
-)
+from fedtwin.federation.client import make_client_app
 from fedtwin.federation.collector import RoundCollector
 from fedtwin.federation.config import RunConfig, SiteConfig, SiteId
 from fedtwin.federation.server import CoordinatorOutcome, make_server_app, run_coordinator
+from fedtwin.federation.sites import (
+    load_site_config,
+    load_sites_manifest,
+    node_config_sites,
+    simulation_sites,
+    write_sites_manifest,
+)
 from fedtwin.federation.validation import RejectedUpdate, ValidatedStrategy
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "SiteId",
     "ValidatedStrategy",
     "load_site_config",
+    "load_sites_manifest",
     "make_client_app",
     "make_server_app",
     "node_config_sites",
     "run_coordinator",
     "simulation_sites",
+    "write_sites_manifest",
 ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from flwr.clientapp import ClientApp
 from fedtwin.cohorts import CohortSeries
 from fedtwin.errors import BudgetExhausted, ConfigError, FedTwinError
 from fedtwin.federation.config import RunConfig, SiteConfig
+from fedtwin.federation.sites import SiteResolver
 from fedtwin.privacy import (
     PrivacyLedger,
     SpendEvent,
@@ -44,20 +44,6 @@ SITE_RECORD_KEY = "site"
 REFUSED_BUDGET = 4101
 REFUSED_CONFIG = 4102
 REFUSED_DATA = 4103
-
-SiteResolver = Callable[[Context], SiteConfig]
-
-
-def simulation_sites(sites: Sequence[SiteConfig]) -> SiteResolver:
-    """Resolve the site of a simulated SuperNode from its ``partition-id``."""
-
-    def resolve(context: Context) -> SiteConfig:
-        partition = int(context.node_config["partition-id"])
-        if not 0 <= partition < len(sites):
-            raise ConfigError(f"no site configured for partition {partition}")
-        return sites[partition]
-
-    return resolve
 
 
 def make_client_app(resolve_site: SiteResolver) -> ClientApp:
@@ -253,82 +239,3 @@ def _evaluate(msg: Message, site: SiteConfig) -> Message:
         {"metrics": record, SITE_RECORD_KEY: ConfigRecord({"site-id": site.site_id})}
     )
     return Message(content=content, reply_to=msg)
-
-
-SITES_MANIFEST = "sites.json"
-
-
-def load_site_config(path: Path) -> SiteConfig:
-    """Read a site config (TOML) and validate it; any problem is one :class:`ConfigError`."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from fedtwin.federation.config import one_line
-
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-        return SiteConfig.model_validate(document.get("site", document))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read site config ({error.strerror})") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML ({error})") from error
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {one_line(error)}") from error
-
-
-def load_sites_manifest(path: Path) -> list[SiteConfig]:
-    """Read the ``sites.json`` list of site configs written by ``fedtwin demo``."""
-    import json
-
-    from pydantic import TypeAdapter, ValidationError
-
-    from fedtwin.federation.config import one_line
-
-    try:
-        sites = TypeAdapter(list[SiteConfig]).validate_python(json.loads(path.read_text()))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read sites manifest ({error.strerror})") from error
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: invalid JSON at line {error.lineno}") from error
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {one_line(error)}") from error
-    root = path.parent.resolve()
-    return [
-        site.model_copy(
-            update={"data_dir": root / site.data_dir, "state_dir": root / site.state_dir}
-        )
-        for site in sites
-    ]
-
-
-def write_sites_manifest(root: Path, sites: Sequence[SiteConfig]) -> Path:
-    """Write ``root/sites.json`` with each site's folders relative to ``root`` (movable)."""
-    from fedtwin.federation.outputs import write_json
-
-    base = root.resolve()
-    documents = [
-        site.model_copy(
-            update={
-                "data_dir": site.data_dir.resolve().relative_to(base),
-                "state_dir": site.state_dir.resolve().relative_to(base),
-            }
-        ).model_dump(mode="json")
-        for site in sites
-    ]
-    write_json(root / SITES_MANIFEST, documents)
-    return root / SITES_MANIFEST
-
-
-def node_config_sites(context: Context) -> SiteConfig:
-    """Resolve a node's site from its node config.
-
-    ``site-config`` names a TOML file (deployment); in a simulation started with ``flwr run``,
-    ``partition-id`` indexes ``<data-root>/sites.json``.
-    """
-    if "site-config" in context.node_config:
-        return load_site_config(Path(str(context.node_config["site-config"])))
-    if "partition-id" in context.node_config and "data-root" in context.run_config:
-        manifest = Path(str(context.run_config["data-root"])) / SITES_MANIFEST
-        return simulation_sites(load_sites_manifest(manifest))(context)
-    raise ConfigError("node config names no site-config, and no data-root is configured")

@@ -186,15 +186,7 @@ class PrivacyLedger:
             ).fetchone()
             if existing is not None:
                 db.execute("ROLLBACK")
-                same = existing == (
-                    event.study,
-                    event.mechanism,
-                    event.noise_multiplier,
-                    event.sample_rate,
-                    event.steps,
-                    event.max_grad_norm,
-                )
-                if not same:
+                if existing != _spend_columns(event):
                     raise VerificationError(
                         f"ledger {self.path}: round {event.round} of run {event.run_id} is "
                         "already committed with a different spend"
@@ -202,17 +194,18 @@ class PrivacyLedger:
                 return False
             db.execute(
                 "INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.run_id,
-                    event.round,
-                    event.study,
-                    event.mechanism,
-                    event.noise_multiplier,
-                    event.sample_rate,
-                    event.steps,
-                    event.max_grad_norm,
-                    self.clock().isoformat(),
-                ),
+                (event.run_id, event.round, *_spend_columns(event), self.clock().isoformat()),
             )
             db.execute("COMMIT")
         return True
+
+
+def _spend_columns(event: SpendEvent) -> tuple[str, str, float, float, int, float]:
+    return (
+        event.study,
+        event.mechanism,
+        event.noise_multiplier,
+        event.sample_rate,
+        event.steps,
+        event.max_grad_norm,
+    )

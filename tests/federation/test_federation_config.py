@@ -4,8 +4,12 @@ from pathlib import Path
 import pytest
 
 from fedtwin.errors import ConfigError
-from fedtwin.federation import RunConfig, load_site_config
-from fedtwin.federation.client import load_sites_manifest, write_sites_manifest
+from fedtwin.federation import (
+    RunConfig,
+    load_site_config,
+    load_sites_manifest,
+    write_sites_manifest,
+)
 from fedtwin.federation.config import SiteConfig
 
 

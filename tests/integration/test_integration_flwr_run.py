@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fedtwin.demo import DemoConfig, generate_sites
-from fedtwin.federation.client import write_sites_manifest
+from fedtwin.federation import write_sites_manifest
 
 pytestmark = pytest.mark.slow
 
