@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedtwin.federation.client import SITE_RECORD_KEY
 
 SiteMetrics = dict[str, float]
+SUMMED_KEYS = frozenset({"heldout-patients"})
 RoundCallback = Callable[[int, "RoundCollector"], None]
 
 
@@ -65,12 +66,18 @@ class RoundCollector:
 
 
 def pool_site_metrics(per_site: dict[str, SiteMetrics], weight_key: str) -> dict[str, float]:
-    """Pool per-site errors: RMSE via weighted mean of squares, the rest weighted means."""
+    """Pool per-site metrics over all sites.
+
+    RMSE via the weighted mean of squares, counts summed, everything else as weighted means;
+    the weights are ``weight_key`` (the number of evaluation windows).
+    """
     total = sum(m[weight_key] for m in per_site.values())
     pooled: dict[str, float] = {}
     keys = set.intersection(*(set(m) for m in per_site.values())) - {weight_key, "server-round"}
     for key in sorted(keys):
-        if "rmse" in key:
+        if key in SUMMED_KEYS:
+            pooled[key] = sum(m[key] for m in per_site.values())
+        elif "rmse" in key:
             mean_square = sum(m[weight_key] * m[key] ** 2 for m in per_site.values()) / total
             pooled[key] = math.sqrt(mean_square)
         else:

@@ -10,9 +10,11 @@ sum. ε is always computed by a *fresh* Opacus accountant fed the whole history 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from enum import StrEnum
 
+import numpy as np
 from opacus.accountants import create_accountant
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,7 +59,13 @@ def epsilon_spent(
     ]
     if not fresh.history:
         return 0.0
-    return float(fresh.get_epsilon(delta=delta))
+    # Far outside the useful range (ε in the hundreds) PRV's numerics overflow and it answers
+    # inf or nan; both mean "no guarantee left", so they are reported as inf (fail closed).
+    # Its warnings (and RDP's note on the alpha range) say the same and are not shown.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        epsilon = float(fresh.get_epsilon(delta=delta))
+    return epsilon if math.isfinite(epsilon) else math.inf
 
 
 def calibrate_noise_multiplier(
@@ -78,6 +86,10 @@ def calibrate_noise_multiplier(
         already exhausts it).
     """
     prior = tuple(prior)
+    # A prior spend at or above the target leaves no room at any σ: refuse at once instead of
+    # searching (each accountant call on an exhausted history is slow).
+    if prior and epsilon_spent(prior, delta, accountant) >= target_epsilon:
+        raise ConfigError(f"no noise multiplier keeps ε ≤ {target_epsilon} (prior spend too large)")
 
     def total(noise: float) -> float:
         planned = MechanismSteps(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)

@@ -85,6 +85,13 @@ def test_calibration_refuses_when_prior_spend_exhausts_the_budget() -> None:
         calibrate_noise_multiplier(1.0, 1e-5, 0.1, 10, AccountantKind.RDP, prior)
 
 
+def test_prv_calibration_refuses_an_exhausted_history_without_searching() -> None:
+    prior = (MechanismSteps(noise_multiplier=0.3, sample_rate=1.0, steps=5),)
+    assert epsilon_spent(prior, 1e-5, AccountantKind.PRV) > 8.0
+    with pytest.raises(ConfigError, match="no noise multiplier"):
+        calibrate_noise_multiplier(8.0, 1e-5, 0.1, 30, AccountantKind.PRV, prior)
+
+
 def test_sample_rate_is_what_opacus_derives() -> None:
     assert poisson_sample_rate(1000, 256) == 0.25
     assert poisson_sample_rate(100, 32) == 0.25
