@@ -173,6 +173,7 @@ def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
         run.twin.history_steps,
         run.twin.horizon_steps,
         generator,
+        windows_per_patient=run.dp.windows_per_patient,
     )
     result = train_private_round(model, dataset, noise_multiplier, run.dp, generator)
     spent = planned.model_copy(

@@ -4,9 +4,10 @@ The guarantee (stated once, here): each round's training is ``steps`` compositio
 Poisson-subsampled Gaussian mechanism where the *record is a patient*. The dataset has one item
 per patient (:class:`fedtwin.twins.training.PatientWindowDataset`); Opacus' Poisson sampler puts
 each patient into a step's batch independently with probability ``q``; a sampled patient
-contributes exactly one window, whose per-sample gradient is clipped to ``max_grad_norm``
-(flat clipping over all parameters), and Gaussian noise with standard deviation
-``noise_multiplier · max_grad_norm`` is added to the sum. Hence the released update is
+contributes exactly ``k = windows_per_patient`` windows, encoded as one record, so Opacus
+computes *one* gradient per patient (of the mean loss over its ``k`` windows) and clips it once
+to ``max_grad_norm`` (flat clipping over all parameters); Gaussian noise with standard
+deviation ``noise_multiplier · max_grad_norm`` is added to the sum. Hence the released update is
 (ε, δ)-DP with respect to adding or removing *one patient's entire history* at this site,
 with ε from composing every round of every run (:mod:`fedtwin.privacy.accountant`).
 Record-level (window-level) sampling is never used on this path.
@@ -37,6 +38,9 @@ class DpSgdConfig(BaseModel):
     expected_batch_patients: int = Field(32, ge=1, le=100_000)
     max_grad_norm: float = Field(1.0, gt=0, le=100)
     learning_rate: float = Field(2e-3, gt=0, le=1)
+    windows_per_patient: int = Field(
+        1, ge=1, le=64, description="windows a sampled patient contributes, clipped together"
+    )
     accountant: AccountantKind = AccountantKind.PRV
 
 

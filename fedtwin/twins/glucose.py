@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional
 
@@ -47,6 +47,24 @@ class GlucoseTwinConfig(BaseModel):
     channels: int = Field(32, ge=4, le=256, description="width of the convolutional encoder")
     dilations: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=8)
     kernel_size: int = Field(3, ge=2, le=7)
+
+    @model_validator(mode="after")
+    def _history_covers_receptive_field(self) -> GlucoseTwinConfig:
+        # The forecast reads the encoder at the last history step; when its receptive field
+        # fits inside the history, that feature never touches padding, so windows laid side by
+        # side (several windows of one patient in one record) are encoded exactly as alone.
+        if self.receptive_field_steps > self.history_steps:
+            raise ValueError(
+                f"history_steps ({self.history_steps}) must cover the encoder's receptive field "
+                f"({self.receptive_field_steps} steps for kernel {self.kernel_size} and "
+                f"dilations {list(self.dilations)})"
+            )
+        return self
+
+    @property
+    def receptive_field_steps(self) -> int:
+        """History steps the forecast can see: ``1 + (kernel_size - 1) · Σ dilations``."""
+        return 1 + (self.kernel_size - 1) * sum(self.dilations)
 
     @property
     def horizon_min(self) -> int:
@@ -80,18 +98,18 @@ class _CausalConvBlock(nn.Module):
 
 
 def normalise_history(history: Tensor) -> Tensor:
-    """Map raw history channels (mg/dL, U, g) to O(1) network inputs."""
-    cgm = (history[:, 0:1] - GLUCOSE_CENTRE_MG_DL) / GLUCOSE_SCALE_MG_DL
-    insulin = torch.log1p(history[:, 1:2].clamp_min(0.0))
-    carbs = history[:, 2:3] / CARBS_SCALE_G
-    return torch.cat([cgm, insulin, carbs], dim=1)
+    """Map raw history channels (mg/dL, U, g; channel axis ``-2``) to O(1) network inputs."""
+    cgm = (history[..., 0:1, :] - GLUCOSE_CENTRE_MG_DL) / GLUCOSE_SCALE_MG_DL
+    insulin = torch.log1p(history[..., 1:2, :].clamp_min(0.0))
+    carbs = history[..., 2:3, :] / CARBS_SCALE_G
+    return torch.cat([cgm, insulin, carbs], dim=-2)
 
 
 def normalise_plan(plan: Tensor) -> Tensor:
-    """Map raw plan channels (U, g per 5-min bin) to O(1) network inputs."""
-    insulin = torch.log1p(plan[:, 0:1].clamp_min(0.0))
-    carbs = plan[:, 1:2] / CARBS_SCALE_G
-    return torch.cat([insulin, carbs], dim=1)
+    """Map raw plan channels (U, g per 5-min bin; channel axis ``-2``) to O(1) inputs."""
+    insulin = torch.log1p(plan[..., 0:1, :].clamp_min(0.0))
+    carbs = plan[..., 1:2, :] / CARBS_SCALE_G
+    return torch.cat([insulin, carbs], dim=-2)
 
 
 class GlucoseTwin(nn.Module):
@@ -99,6 +117,12 @@ class GlucoseTwin(nn.Module):
 
     ``forward`` returns the raw ``[N, 2, H]`` output (normalised mean change from the last
     reading, and the unconstrained scale); use :meth:`forecast` for mg/dL.
+
+    Inputs may also carry ``k`` windows per record, ``history [N, k, 3, L]`` and
+    ``plan [N, k, 2, H]`` (output ``[N, k, 2, H]``): the windows are laid side by side along
+    time and encoded in one pass, which gives exactly the per-window result (the receptive
+    field fits in ``L``) while every layer still sees one record per row — what per-record
+    gradient clipping needs when a record is a patient.
     """
 
     def __init__(self, config: GlucoseTwinConfig | None = None) -> None:
@@ -116,23 +140,30 @@ class GlucoseTwin(nn.Module):
         nn.init.zeros_(self.output.bias)
 
     def forward(self, history: Tensor, plan: Tensor) -> Tensor:
-        """Raw output ``[N, 2, H]`` for raw inputs ``history [N,3,L]`` and ``plan [N,2,H]``."""
-        features = self.input(normalise_history(history))
+        """Raw output ``[N, 2, H]`` (or ``[N, k, 2, H]``) for raw ``history`` and ``plan``."""
+        horizon = self.config.horizon_steps
+        if history.dim() == 3:
+            return self.forward(history.unsqueeze(1), plan.unsqueeze(1)).squeeze(1)
+        records, windows, channels, length = history.shape
+        side_by_side = (
+            normalise_history(history).transpose(1, 2).reshape(records, channels, windows * length)
+        )
+        features = self.input(side_by_side)
         for block in self.blocks:
             features = block(features)
-        encoded = features[:, :, -1]
-        planned = functional.silu(self.plan(normalise_plan(plan).flatten(1)))
-        hidden = functional.silu(self.hidden(torch.cat([encoded, planned], dim=1)))
+        encoded = features[:, :, length - 1 :: length].transpose(1, 2)
+        planned = functional.silu(self.plan(normalise_plan(plan).flatten(2)))
+        hidden = functional.silu(self.hidden(torch.cat([encoded, planned], dim=2)))
         raw: Tensor = self.output(hidden)
-        return raw.view(-1, 2, self.config.horizon_steps)
+        return raw.view(records, windows, 2, horizon)
 
     def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
-        """Gaussian forecast in mg/dL for raw inputs."""
+        """Gaussian forecast in mg/dL for raw inputs (``[N, H]``, or ``[N, k, H]``)."""
         raw = self(history, plan)
-        last_mg_dl = history[:, 0, -1:]
+        last_mg_dl = history[..., 0, -1:]
         return GlucoseForecast(
-            mean_mg_dl=last_mg_dl + DELTA_SCALE_MG_DL * raw[:, 0],
-            std_mg_dl=DELTA_SCALE_MG_DL * _std_normalised(raw[:, 1]),
+            mean_mg_dl=last_mg_dl + DELTA_SCALE_MG_DL * raw[..., 0, :],
+            std_mg_dl=DELTA_SCALE_MG_DL * _std_normalised(raw[..., 1, :]),
         )
 
 
@@ -144,10 +175,13 @@ def _std_normalised(raw_scale: Tensor) -> Tensor:
 def gaussian_nll(raw: Tensor, windows: ForecastWindows) -> Tensor:
     """Mean Gaussian negative log-likelihood over windows and horizon, in normalised units.
 
-    Per-window terms are averaged (``reduction="mean"``), as Opacus expects by default.
+    Terms are averaged over everything (``reduction="mean"``, as Opacus expects by default);
+    with ``k`` windows per record every record has the same weight, and its loss is the mean
+    over its own windows.
     """
-    last = windows.last_cgm_mg_dl.unsqueeze(1)
+    last = windows.last_cgm_mg_dl.unsqueeze(-1)
     target = (windows.target_mg_dl - last) / DELTA_SCALE_MG_DL
-    std = _std_normalised(raw[:, 1])
-    nll = torch.log(std) + 0.5 * ((target - raw[:, 0]) / std) ** 2 + 0.5 * math.log(2 * math.pi)
+    std = _std_normalised(raw[..., 1, :])
+    mean = raw[..., 0, :]
+    nll = torch.log(std) + 0.5 * ((target - mean) / std) ** 2 + 0.5 * math.log(2 * math.pi)
     return nll.mean()

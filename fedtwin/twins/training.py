@@ -1,8 +1,10 @@
 """Training of a twin on one site's patients, with no privacy machinery in it.
 
-The dataset holds one item per *patient*: each access draws one random window of that patient,
-so "one record = one patient" holds for any sampler put on top of it (the privacy layer puts
-Poisson sampling of patients there). Randomness comes only from the injected generator.
+The dataset holds one item per *patient*: each access draws a bounded number ``k`` of random
+windows of that patient (one per stratum of the patient's valid anchors), so "one record = one
+patient" holds for any sampler put on top of it (the privacy layer puts Poisson sampling of
+patients there) and a patient's influence on a step is bounded by construction. Randomness
+comes only from the injected generator.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ WindowItem = tuple[Tensor, Tensor, Tensor]
 
 
 class PatientWindowDataset(Dataset[WindowItem]):
-    """One item per patient; item ``i`` is a fresh random window of patient ``i``.
+    """One item per patient; item ``i`` is ``k`` fresh random windows of patient ``i``.
+
+    Item shapes: history ``[k, 3, L]``, plan ``[k, 2, H]``, target ``[k, H]``.
 
     Parameters
     ----------
@@ -31,6 +35,9 @@ class PatientWindowDataset(Dataset[WindowItem]):
         Window lengths.
     generator : torch.Generator
         Source of the window positions (seeded for reproducible runs).
+    windows_per_patient : int, default 1
+        ``k``: the patient's valid anchors are split into ``k`` equal strata and one anchor is
+        drawn uniformly in each, so the windows spread over the patient's whole record.
     """
 
     def __init__(
@@ -41,33 +48,42 @@ class PatientWindowDataset(Dataset[WindowItem]):
         history_steps: int,
         horizon_steps: int,
         generator: torch.Generator,
+        windows_per_patient: int = 1,
     ) -> None:
         anchors = valid_anchor_range(int(cgm_mg_dl.shape[1]), history_steps, horizon_steps)
-        if len(anchors) < 1:
+        if windows_per_patient < 1:
+            raise ValueError("windows_per_patient must be >= 1")
+        if len(anchors) < windows_per_patient:
             raise ValueError(
-                f"series of {cgm_mg_dl.shape[1]} steps are too short for windows of "
-                f"{history_steps}+{horizon_steps} steps"
+                f"series of {cgm_mg_dl.shape[1]} steps are too short for {windows_per_patient}"
+                f" windows of {history_steps}+{horizon_steps} steps"
             )
         self.cgm_mg_dl, self.insulin_u, self.carbs_g = cgm_mg_dl, insulin_u, carbs_g
         self.history_steps, self.horizon_steps = history_steps, horizon_steps
         self.anchors = anchors
         self.generator = generator
+        self.windows_per_patient = windows_per_patient
+        edges = torch.linspace(0, len(anchors), windows_per_patient + 1)
+        self._stratum_start = edges[:-1].floor().long()
+        self._stratum_width = (edges[1:].floor().long() - self._stratum_start).clamp_min(1)
 
     def __len__(self) -> int:
         return int(self.cgm_mg_dl.shape[0])
 
     def __getitem__(self, patient: int) -> WindowItem:
-        offset = int(torch.randint(len(self.anchors), (1,), generator=self.generator))
+        k = self.windows_per_patient
+        uniform = torch.rand(k, generator=self.generator, dtype=torch.float64)
+        offsets = self._stratum_start + (uniform * self._stratum_width).long()
         windows = cut_windows(
             self.cgm_mg_dl,
             self.insulin_u,
             self.carbs_g,
-            torch.tensor([patient]),
-            torch.tensor([self.anchors.start + offset]),
+            torch.full((k,), patient),
+            self.anchors.start + offsets,
             self.history_steps,
             self.horizon_steps,
         )
-        return windows.history[0], windows.plan[0], windows.target_mg_dl[0]
+        return windows.history, windows.plan, windows.target_mg_dl
 
 
 def as_windows(batch: Iterable[Tensor]) -> ForecastWindows:

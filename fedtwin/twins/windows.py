@@ -35,6 +35,9 @@ class ForecastWindows:
         ``[N, 2, H]``: planned insulin (U per bin) and carbohydrates (g per bin).
     target_mg_dl : Tensor
         ``[N, H]``: CGM glucose at 5, 10, …, 5·H minutes after the anchor.
+
+    Training batches whose record is a patient carry ``k`` windows per record instead:
+    ``[N, k, 3, L]``, ``[N, k, 2, H]`` and ``[N, k, H]``; ``len`` counts records.
     """
 
     history: Tensor
@@ -46,8 +49,8 @@ class ForecastWindows:
 
     @property
     def last_cgm_mg_dl(self) -> Tensor:
-        """The reading at the anchor (the persistence forecast), ``[N]``."""
-        return self.history[:, 0, -1]
+        """The reading at the anchor (the persistence forecast), ``[N]`` (or ``[N, k]``)."""
+        return self.history[..., 0, -1]
 
 
 def valid_anchor_range(num_steps: int, history_steps: int, horizon_steps: int) -> range:

@@ -20,11 +20,11 @@ from fedtwin.privacy.engine import make_private_training
 from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, gaussian_nll
 from fedtwin.twins.training import PatientWindowDataset, as_windows
 
-TWIN = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=8)
+TWIN = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=8, dilations=(1, 2, 4))
 PACKAGE = Path(__file__).resolve().parents[2] / "fedtwin"
 
 
-def _dataset(cohort: CohortSeries, generator: torch.Generator, rows: int = 40):
+def _dataset(cohort: CohortSeries, generator: torch.Generator, rows: int = 40, k: int = 3):
     return PatientWindowDataset(
         cohort.cgm_mg_dl[:rows],
         cohort.insulin_u[:rows],
@@ -32,6 +32,7 @@ def _dataset(cohort: CohortSeries, generator: torch.Generator, rows: int = 40):
         TWIN.history_steps,
         TWIN.horizon_steps,
         generator,
+        windows_per_patient=k,
     )
 
 
@@ -55,14 +56,23 @@ def test_opacus_engine_is_attached_with_poisson_sampling_of_patients(
         private.model._close()
 
 
-def test_each_dataset_item_is_one_window_of_that_patient(
+def test_each_dataset_item_is_k_windows_of_that_patient_only(
     adult_cohort: CohortSeries, generator: torch.Generator
 ) -> None:
-    dataset = _dataset(adult_cohort, generator)
-    history, _, _ = dataset[5]
+    dataset = _dataset(adult_cohort, generator, k=4)
+    history, plan, target = dataset[5]
+    assert history.shape == (4, 3, 24) and plan.shape == (4, 2, 12) and target.shape == (4, 12)
     row = adult_cohort.cgm_mg_dl[5]
-    last = float(history[0, -1])
-    assert any(abs(float(v) - last) < 1e-4 for v in row)
+    for window in range(4):
+        segment = history[window, 0]
+        starts = [
+            t
+            for t in range(len(row) - 24 + 1)
+            if torch.allclose(row[t : t + 24], segment, atol=1e-4)
+        ]
+        assert starts, "every window is a slice of this patient's own series"
+    anchors = sorted(int(torch.nonzero(row == history[w, 0, -1])[0]) for w in range(4))
+    assert len(set(anchors)) > 1, "windows are spread over the record"
     assert len(dataset) == 40
 
 
@@ -79,7 +89,7 @@ def test_per_patient_gradients_are_clipped_to_the_norm(
     cgm = 120 + input_scale * torch.randn(6, 60, generator=generator)
     insulin = torch.rand(6, 60, generator=generator) * input_scale
     carbs = torch.rand(6, 60, generator=generator) * input_scale
-    dataset = PatientWindowDataset(cgm, insulin, carbs, 24, 12, generator)
+    dataset = PatientWindowDataset(cgm, insulin, carbs, 24, 12, generator, windows_per_patient=3)
     torch.manual_seed(seed)
     model = GlucoseTwin(TWIN)
     for parameter in model.parameters():
@@ -105,6 +115,46 @@ def test_per_patient_gradients_are_clipped_to_the_norm(
         assert (raw_norms * factors <= clip * (1 + 1e-4)).all()
     finally:
         private.model._close()
+
+
+def test_clipped_sum_equals_a_naive_per_patient_loop(
+    adult_cohort: CohortSeries, generator: torch.Generator
+) -> None:
+    # The exactness check of the fast path: Opacus' per-sample (= per-patient) gradients,
+    # clipped and summed, against one plain backward pass per patient of its own k windows.
+    dataset = _dataset(adult_cohort, generator, rows=12, k=3)
+    torch.manual_seed(3)
+    model = GlucoseTwin(TWIN)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.2)
+    reference = GlucoseTwin(TWIN)
+    reference.load_state_dict(model.state_dict())
+    clip = 0.5
+    config = DpSgdConfig(expected_batch_patients=12, max_grad_norm=clip)
+    private = make_private_training(model, dataset, 1.0, config, generator)
+    try:
+        batch = as_windows(next(iter(private.loader)))
+        assert len(batch) > 1
+        gaussian_nll(private.model(batch.history, batch.plan), batch).backward()
+        private.optimizer.clip_and_accumulate()
+        summed = torch.cat([p.summed_grad.reshape(-1) for p in model.parameters()])
+    finally:
+        private.model._close()
+    expected = torch.zeros_like(summed)
+    for patient in range(len(batch)):
+        reference.zero_grad()
+        one = as_windows(
+            [
+                batch.history[patient : patient + 1],
+                batch.plan[patient : patient + 1],
+                batch.target_mg_dl[patient : patient + 1],
+            ]
+        )
+        # Opacus scales the mean-reduced batch loss back to per-sample sums: so do we.
+        gaussian_nll(reference(one.history, one.plan), one).backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+        expected += grad * min(1.0, clip / (float(grad.norm()) + 1e-6))
+    assert torch.allclose(summed, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_epsilon_grows_over_rounds_and_matches_a_fresh_accountant(

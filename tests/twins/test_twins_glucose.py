@@ -1,6 +1,8 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from fedtwin.cohorts import CohortSeries
 from fedtwin.twins import (
@@ -13,7 +15,7 @@ from fedtwin.twins import (
 from fedtwin.twins.glucose import normalise_history
 from fedtwin.twins.training import PatientWindowDataset, train_non_private
 
-CONFIG = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=16)
+CONFIG = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=16, dilations=(1, 2, 4))
 
 
 def _random_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +100,25 @@ def test_encoder_is_causal_within_the_history() -> None:
     assert torch.allclose(features[:, :, :10], truncated, atol=1e-6)
 
 
+def test_history_shorter_than_the_receptive_field_is_refused() -> None:
+    with pytest.raises(ValidationError, match="receptive field"):
+        GlucoseTwinConfig(history_steps=24, dilations=(1, 2, 4, 8))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), windows=st.integers(1, 5))
+def test_windows_side_by_side_give_exactly_the_per_window_forecast(seed: int, windows: int) -> None:
+    torch.manual_seed(seed)
+    model = GlucoseTwin(CONFIG)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.3)
+    history, plan = _random_inputs(3 * windows, seed)
+    alone = model(history, plan)
+    together = model(history.view(3, windows, 3, 24), plan.view(3, windows, 2, 12))
+    assert together.shape == (3, windows, 2, 12)
+    assert torch.allclose(together.reshape(3 * windows, 2, 12), alone, atol=1e-5)
+
+
 def test_non_private_training_on_one_site_beats_persistence_at_30_min(
     adult_cohort: CohortSeries,
 ) -> None:
@@ -111,6 +132,7 @@ def test_non_private_training_on_one_site_beats_persistence_at_30_min(
         CONFIG.history_steps,
         CONFIG.horizon_steps,
         generator,
+        windows_per_patient=4,
     )
     model = GlucoseTwin(CONFIG)
     train_non_private(
