@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,6 +193,24 @@ def parse_line(
     return obj
 
 
+_NAIVE_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?")
+
+
+def timestamp_diagnosis(resource: dict[str, Any], location: tuple[object, ...]) -> str | None:
+    """A clearer reason when FHIR rejected a date-time because it lacks its UTC offset."""
+    node: Any = resource
+    for step in location:
+        in_dict = isinstance(node, dict) and step in node
+        in_list = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        if not (in_dict or in_list):
+            return None
+        node = node[step]
+    if isinstance(node, str) and _NAIVE_DATETIME.fullmatch(node):
+        where = ".".join(str(s) for s in location)
+        return f"{where}: time has no UTC offset (FHIR requires one when a time is given)"
+    return None
+
+
 def validation_reason(error: ValidationError, version: FhirVersion) -> str:
     """One line from a pydantic error: the element path and the message, never the value."""
     first = error.errors(include_url=False, include_input=False)[0]
@@ -216,6 +235,10 @@ def validate_resource(obj: dict[str, Any], path: Path, line_no: int, version: Fh
     try:
         return model_class(resource_type, version).model_validate(obj)
     except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        naive = timestamp_diagnosis(obj, tuple(first["loc"]))
+        if naive is not None:
+            return Rejection(ErrorClass.TIMESTAMP, path, line_no, naive)
         return Rejection(ErrorClass.FHIR_INVALID, path, line_no, validation_reason(exc, version))
     except (ValueError, TypeError, RecursionError) as exc:  # a validator that raised directly
         reason = f"fails FHIR {version} validation: {type(exc).__name__}"

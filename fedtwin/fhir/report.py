@@ -42,17 +42,30 @@ class ErrorClass(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     TIMESTAMP = "timestamp"
     MISSING_ELEMENT = "missing_element"
+    BAD_VALUE = "bad_value"
     EMPTY_FILE = "empty_file"
     UNREADABLE_FILE = "unreadable_file"
     # Not errors: valid records outside what fedtwin reads. Counted, never fatal.
     NOT_IN_PROFILE = "not_in_profile"
     EXCLUDED_STATUS = "excluded_status"
+    NO_VALUE = "no_value"
     SAME_BIN = "same_bin"
+    SUPERSEDED = "superseded"
+    OUTSIDE_SPAN = "outside_span"
+    INSUFFICIENT_DATA = "insufficient_data"
 
 
 #: Classes that describe valid data fedtwin does not use; no policy makes them fatal.
 NEVER_FATAL: frozenset[ErrorClass] = frozenset(
-    {ErrorClass.NOT_IN_PROFILE, ErrorClass.EXCLUDED_STATUS, ErrorClass.SAME_BIN}
+    {
+        ErrorClass.NOT_IN_PROFILE,
+        ErrorClass.EXCLUDED_STATUS,
+        ErrorClass.NO_VALUE,
+        ErrorClass.SAME_BIN,
+        ErrorClass.SUPERSEDED,
+        ErrorClass.OUTSIDE_SPAN,
+        ErrorClass.INSUFFICIENT_DATA,
+    }
 )
 
 
@@ -212,11 +225,24 @@ class Tally:
         if len(self.examples) < MAX_EXAMPLES and rejection.error_class not in NEVER_FATAL:
             self.examples.append(rejection.message)
 
-    def file_problem(self, rejection: Rejection) -> None:
-        """A problem with a whole file (empty, unreadable): stop or keep a note."""
-        if self.policy.is_fatal(rejection.error_class):
-            raise IngestError(rejection.message)
-        self.notes.append(rejection.message)
+    def reject_many(self, resource_type: str, error_class: ErrorClass, count: int) -> None:
+        """Count ``count`` records of a never-fatal class at once (no per-line message)."""
+        if error_class not in NEVER_FATAL:
+            raise ValueError(f"{error_class} must be rejected record by record")
+        if count:
+            self._rejected.setdefault(resource_type, Counter())[error_class] += count
+
+    def file_problem(self, error_class: ErrorClass, message: str) -> None:
+        """A problem with a whole file (empty, unreadable): stop, or keep it as a note.
+
+        Raises
+        ------
+        IngestError
+            ``message`` when the class is fatal under the policy.
+        """
+        if self.policy.is_fatal(error_class):
+            raise IngestError(message)
+        self.notes.append(message)
 
     def counts(self) -> dict[str, ResourceCounts]:
         """Per-type counts, validated (``read == used + rejected``)."""
