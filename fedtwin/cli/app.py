@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from fedtwin.cli import site
 from fedtwin.errors import ConfigError, FedTwinError, IngestError
 
 EXIT_FAILURE = 1
@@ -24,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+app.add_typer(site.app, name="site")
 
 
 def fail(message: str, code: int) -> NoReturn:

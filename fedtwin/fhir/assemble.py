@@ -64,17 +64,26 @@ class Columns:
     line: array[int] = field(default_factory=lambda: array("I"))
 
     def add(self, t0: float, t1: float, value: float, line: int) -> None:
-        """Append one record (``t1 == t0`` for a point in time)."""
+        """Append one record over the period ``[t0, t1)`` (``t1 == t0``: a point in time)."""
+        if len(self.t1) != len(self.t0):
+            raise ValueError("point and period records cannot share one Columns")
         self.t0.append(t0)
         self.t1.append(t1)
         self.value.append(value)
         self.line.append(line)
 
+    def add_point(self, t: float, value: float, line: int) -> None:
+        """Append one record at a point in time (no end time stored)."""
+        self.t0.append(t)
+        self.value.append(value)
+        self.line.append(line)
+
     def arrays(self) -> Arrays:
-        """``(t0, t1, value, line)`` as numpy arrays."""
+        """``(t0, t1, value, line)`` as numpy arrays (``t1`` is ``t0`` for points)."""
+        t0 = np.frombuffer(self.t0, dtype=np.float64)
         return (
-            np.frombuffer(self.t0, dtype=np.float64),
-            np.frombuffer(self.t1, dtype=np.float64),
+            t0,
+            np.frombuffer(self.t1, dtype=np.float64) if len(self.t1) else t0,
             np.frombuffer(self.value, dtype=np.float64),
             np.frombuffer(self.line, dtype=np.uint32).astype(np.int64),
         )

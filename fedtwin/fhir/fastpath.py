@@ -51,13 +51,7 @@ _STR = _Marker("string")
 _NUM = _Marker("number")
 
 
-def _marker_of(value: object) -> _Marker | None:
-    kind = type(value)
-    if kind is str:
-        return _STR
-    if kind is int or kind is float:
-        return _NUM
-    return None
+_MARKERS: dict[type, _Marker] = {str: _STR, int: _NUM, float: _NUM}
 
 
 def _field_adapter(resource_type: str, version: FhirVersion, path: Path_) -> TypeAdapter[Any]:
@@ -77,18 +71,6 @@ def _field_adapter(resource_type: str, version: FhirVersion, path: Path_) -> Typ
             raise ValueError(f"{resource_type}.{'.'.join(path)} is not a single complex path")
         model = complex_types[0].get_model_klass()
     raise ValueError("empty path")
-
-
-def _spec_tree(paths: Sequence[Path_]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for index, path in enumerate(paths):
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-            if isinstance(node, int):
-                raise ValueError("a variable path is a prefix of another")
-        node[path[-1]] = index
-    return tree
 
 
 def _numeric_leaves(
@@ -112,15 +94,73 @@ def _at(node: Any, path: tuple[object, ...]) -> Any:
 
 
 class _Template:
-    __slots__ = ("masked", "numeric_paths", "plan")
+    """One validated shape: where its variable leaves are, and the masked resource."""
 
-    def __init__(self, masked: dict[str, Any], plan: object) -> None:
-        self.masked = masked
+    __slots__ = ("containers", "leaves", "masked", "numeric_paths", "plan")
+
+    def __init__(
+        self, resource: dict[str, Any], paths: Sequence[tuple[int, Path_]], plan: object
+    ) -> None:
+        present: list[tuple[int, Path_, _Marker]] = []
+        for index, path in paths:
+            try:
+                value = _at(resource, path)
+            except (KeyError, TypeError):
+                continue
+            marker = _MARKERS.get(type(value))
+            parent = _at(resource, path[:-1])
+            if marker is None or not isinstance(parent, dict):
+                raise _Uncacheable
+            present.append((index, path, marker))
+        # Dicts to copy (parents before children) and the leaves, by container position.
+        containers: list[Path_] = [()]
+        for _, path, _ in present:
+            for depth in range(1, len(path)):
+                if path[:depth] not in containers:
+                    containers.append(path[:depth])
+        self.containers = [(containers.index(c[:-1]), c[-1]) for c in containers[1:]]
+        self.leaves = [
+            (containers.index(path[:-1]), path[-1], marker, index)
+            for index, path, marker in present
+        ]
+        masked = self.mask(resource)
+        if masked is None:
+            raise _Uncacheable
+        self.masked = masked[0]
         self.plan = plan
-        self.numeric_paths: list[tuple[tuple[object, ...], type]] = []
         found: list[tuple[object, ...]] = []
-        _numeric_leaves(masked, (), found)
-        self.numeric_paths = [(p, type(_at(masked, p))) for p in found]
+        _numeric_leaves(self.masked, (), found)
+        self.numeric_paths = [(p, type(_at(self.masked, p))) for p in found]
+
+    def mask(
+        self, source: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[int, object]]] | None:
+        """A copy of ``source`` with this shape's variable leaves replaced by markers."""
+        sources = [source]
+        copies = [source.copy()]
+        for parent, key in self.containers:
+            child = sources[parent].get(key)
+            if type(child) is not dict:
+                return None
+            sources.append(child)
+            copy = child.copy()
+            copies[parent][key] = copy
+            copies.append(copy)
+        values: list[tuple[int, object]] = []
+        for container, key, marker, index in self.leaves:
+            holder = sources[container]
+            if key not in holder:
+                return None
+            value = holder[key]
+            if _MARKERS.get(type(value)) is not marker:
+                return None
+            copies[container][key] = marker
+            values.append((index, value))
+        return copies[0], values
+
+
+class _Uncacheable(Exception):
+    """A resource whose variable leaves are not plain strings/numbers in plain objects."""
 
 
 class ShapeCache:
@@ -149,43 +189,19 @@ class ShapeCache:
     ) -> None:
         self.resource_type = resource_type
         self.version = version
-        self._paths = tuple(variable_paths)
-        self._tree = _spec_tree(self._paths)
-        self._adapters = [_field_adapter(resource_type, version, p) for p in self._paths]
+        self._paths = tuple(enumerate(variable_paths))
+        for _, path in self._paths:
+            if any(path[: len(other)] == other for _, other in self._paths if other != path):
+                raise ValueError("a variable path is a prefix of another")
+        self._adapters = [_field_adapter(resource_type, version, p) for _, p in self._paths]
         self._memo: list[set[tuple[type, object]] | None] = [
-            set() if p in memo_paths else None for p in self._paths
+            set() if p in memo_paths else None for _, p in self._paths
         ]
         self._templates: list[_Template] = []
         self.hits = 0
 
-    def _mask(
-        self, source: dict[str, Any], tree: dict[str, Any], leaves: list[tuple[int, object]]
-    ) -> dict[str, Any] | None:
-        masked = dict(source)
-        for key, sub in tree.items():
-            if key not in source:
-                continue
-            value = source[key]
-            if type(sub) is int:
-                marker = _marker_of(value)
-                if marker is None:
-                    return None
-                masked[key] = marker
-                leaves.append((sub, value))
-            else:
-                if type(value) is not dict:
-                    return None
-                inner = self._mask(value, sub, leaves)
-                if inner is None:
-                    return None
-                masked[key] = inner
-        return masked
-
     def _leaf_ok(self, index: int, value: object) -> bool:
         memo = self._memo[index]
-        key = (type(value), value)
-        if memo is not None and key in memo:
-            return True
         try:
             checked = self._adapters[index].validate_python(value)
         except (ValidationError, ValueError, TypeError):
@@ -195,7 +211,7 @@ class ShapeCache:
         if memo is not None:
             if len(memo) >= MAX_MEMO:
                 memo.clear()
-            memo.add(key)
+            memo.add((type(value), value))
         return True
 
     def match(self, resource: dict[str, Any]) -> tuple[bool, object]:
@@ -207,18 +223,19 @@ class ShapeCache:
             ``(True, plan)`` when a template matches and every variable leaf passes its
             validator; ``(False, None)`` otherwise (validate fully).
         """
-        leaves: list[tuple[int, object]] = []
-        masked = self._mask(resource, self._tree, leaves)
-        if masked is None:
-            return False, None
         for position, template in enumerate(self._templates):
-            if masked != template.masked:
+            masked = template.mask(resource)
+            if masked is None or masked[0] != template.masked:
                 continue
             for path, kind in template.numeric_paths:
-                if type(_at(masked, path)) is not kind:
+                if type(_at(masked[0], path)) is not kind:
                     return False, None
-            for index, value in leaves:
-                if not self._leaf_ok(index, value):
+            memos = self._memo
+            for index, value in masked[1]:
+                memo = memos[index]
+                if (memo is None or (type(value), value) not in memo) and not self._leaf_ok(
+                    index, value
+                ):
                     return False, None
             if position:
                 self._templates.insert(0, self._templates.pop(position))
@@ -228,8 +245,9 @@ class ShapeCache:
 
     def learn(self, resource: dict[str, Any], plan: object) -> None:
         """Remember the shape of a resource that fhir.resources has just accepted."""
-        masked = self._mask(resource, self._tree, [])
-        if masked is None:
+        try:
+            template = _Template(resource, self._paths, plan)
+        except _Uncacheable:
             return
-        self._templates.insert(0, _Template(masked, plan))
+        self._templates.insert(0, template)
         del self._templates[MAX_TEMPLATES:]

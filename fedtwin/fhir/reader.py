@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedtwin.errors import IngestError
-from fedtwin.fhir.assemble import PatientInfo, SeriesAssembler, check_duplicates
+from fedtwin.fhir.assemble import Columns, PatientInfo, SeriesAssembler, check_duplicates
 from fedtwin.fhir.consents import consent_patient_id
 from fedtwin.fhir.duplicates import DuplicateIds
 from fedtwin.fhir.fastpath import ShapeCache
@@ -36,6 +36,7 @@ from fedtwin.fhir.ndjson import (
     detect_version,
     find_resource_file,
     iter_json_lines,
+    r5_only_keys,
     validate_resource,
 )
 from fedtwin.fhir.profile import RANGES, Dimension, Measure
@@ -49,6 +50,7 @@ from fedtwin.fhir.records import (
     parse_time,
     procedure_time,
     radiotherapy_dose,
+    time_memo,
 )
 from fedtwin.fhir.references import patient_id_of
 from fedtwin.fhir.report import ErrorClass, IngestPolicy, IngestReport, Rejection, Tally
@@ -276,11 +278,18 @@ class _SiteReader:
             self.tally.use(kind)
 
     def _read_observations(self) -> None:
+        # The hot loop of a CGM export (millions of lines): lookups are hoisted into locals
+        # and the repeated values (subject, time) go through dict caches.
         kind = "Observation"
         caches: dict[FhirVersion, ShapeCache] = {}
-        duplicates = self.duplicates[kind]
+        remember_id = self.duplicates[kind].add
         reject = self._reject
         choice = self.options.fhir_version
+        fixed = None if choice == "auto" else FhirVersion(choice)
+        r5_keys = r5_only_keys(kind)
+        ref_cache = self._ref_cache
+        time_cache = time_memo()
+        sinks: dict[tuple[str, Measure], Columns] = {}
         read = 0
         for line, obj in self._lines(kind):
             read += 1
@@ -288,7 +297,7 @@ class _SiteReader:
                 self.tally.reject(kind, obj)
                 continue
             assert isinstance(obj, dict)
-            version = detect_version(obj, choice)
+            version = fixed or (FhirVersion.R4B if r5_keys.isdisjoint(obj) else FhirVersion.R5)
             cache = caches.get(version)
             if cache is None:
                 cache = caches[version] = ShapeCache(kind, version, _VARIABLE[kind], tuple(_MEMO))
@@ -298,19 +307,25 @@ class _SiteReader:
                     continue
                 plan = observation_plan(obj)
                 cache.learn(obj, plan)
-            duplicates.add(obj.get("id"), line)
+            remember_id(obj.get("id"), line)
             if type(plan) is Skip:
                 reject(kind, plan.error_class, line, plan.reason)
                 continue
             assert isinstance(plan, ObservationPlan)
-            patient = self._patient(obj.get("subject"))
+            subject = obj.get("subject")
+            reference = subject.get("reference") if type(subject) is dict else None
+            patient = ref_cache.get(reference) if type(reference) is str else None
+            if patient is None:
+                patient = self._patient(subject)
             if type(patient) is Skip:
                 reject(kind, patient.error_class, line, patient.reason)
                 continue
             raw_time = obj[plan.time_key]
             if plan.time_key == "effectivePeriod":
                 raw_time = raw_time.get("start")
-            when = parse_time(raw_time)
+            when = time_cache.get(raw_time) if type(raw_time) is str else None
+            if when is None:
+                when = parse_time(raw_time)
             if type(when) is str:
                 reject(kind, ErrorClass.TIMESTAMP, line, f"{plan.time_key}: {when}")
                 continue
@@ -321,20 +336,23 @@ class _SiteReader:
             )
             number = quantity["value"]
             if type(number) is not float and type(number) is not int:
-                reject(
-                    kind, ErrorClass.FHIR_INVALID, line, "valueQuantity.value is not a JSON number"
-                )
+                reason = "valueQuantity.value is not a JSON number"
+                reject(kind, ErrorClass.FHIR_INVALID, line, reason)
                 continue
             value = number * plan.factor
-            low, high = RANGES[plan.dimension]
-            if not low <= value <= high:
+            if not plan.low <= value <= plan.high:
                 unit = plan.dimension.value
-                reason = f"{plan.measure.value} {value:g} {unit} outside [{low:g}, {high:g}]"
+                bounds = f"[{plan.low:g}, {plan.high:g}]"
+                reason = f"{plan.measure.value} {value:g} {unit} outside {bounds}"
                 reject(kind, ErrorClass.OUT_OF_RANGE, line, reason)
                 continue
             if plan.dimension is Dimension.LENGTH:
                 value = math.pi * value**3 / 6.0  # sphere of that diameter, cm3
-            self.patients[patient].columns(plan.measure).add(when, when, value, line)  # type: ignore[index,arg-type]
+            sink = sinks.get((patient, plan.measure))  # type: ignore[arg-type]
+            if sink is None:
+                info = self.patients[patient]  # type: ignore[index]
+                sink = sinks[(patient, plan.measure)] = info.columns(plan.measure)  # type: ignore[index]
+            sink.add_point(when, value, line)  # type: ignore[arg-type]
         self.tally.read(kind, read)
 
     def _read_medications(self) -> None:

@@ -10,7 +10,7 @@ leaves are checked per record (:func:`parse_time`, ranges, patient reference).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from fedtwin.fhir.profile import (
     MCODE_RT_DOSE,
     MCODE_RT_TOTAL_DOSE,
     OBSERVATION_DIMENSION,
+    RANGES,
     TUMOUR_MAX_DIMENSION,
     USED_STATUS,
     Dimension,
@@ -52,6 +53,13 @@ class ObservationPlan:
     factor: float
     time_key: str
     component: int | None = None
+    low: float = field(init=False)
+    high: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        low, high = RANGES[self.dimension]
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,11 @@ class MedicationPlan:
     factor: float
     time_key: str
     period: bool
+
+
+def time_memo() -> dict[str, float | str]:
+    """The memo of :func:`parse_time` (string → its result); read it before calling."""
+    return _TIME_CACHE
 
 
 def parse_time(value: object) -> float | str:
