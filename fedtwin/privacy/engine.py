@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from opacus import PrivacyEngine
@@ -26,7 +27,12 @@ from opacus.optimizers import DPOptimizer
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedtwin.privacy.accountant import AccountantKind, MechanismSteps, poisson_sample_rate
-from fedtwin.twins.training import PatientWindowDataset, fit_steps, repeat_batches
+from fedtwin.twins import ForecastWindows, gaussian_nll
+from fedtwin.twins.training import LossFn, PatientWindowDataset, fit_steps, repeat_batches
+
+#: Opacus' ways to get per-sample gradient norms: per-layer hooks, functorch (vmap) or ghost
+#: clipping (norms without materialising per-sample gradients; two backward passes).
+GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
 
 class DpSgdConfig(BaseModel):
@@ -42,6 +48,18 @@ class DpSgdConfig(BaseModel):
         1, ge=1, le=64, description="windows a sampled patient contributes, clipped together"
     )
     accountant: AccountantKind = AccountantKind.PRV
+    grad_sample_mode: GradSampleMode = Field(
+        "hooks", description="how Opacus gets per-patient gradient norms (all exact)"
+    )
+
+
+class _PerPatientNll:
+    """The twin's loss as the criterion ghost clipping needs (``reduction`` switchable)."""
+
+    reduction = "mean"
+
+    def __call__(self, raw: torch.Tensor, windows: ForecastWindows) -> torch.Tensor:
+        return gaussian_nll(raw, windows, reduction=self.reduction)
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,7 @@ class PrivateTraining:
     model: GradSampleModule
     optimizer: DPOptimizer
     loader: DPDataLoader
+    loss_fn: LossFn
 
 
 def make_private_training(
@@ -80,19 +99,26 @@ def make_private_training(
     engine = PrivacyEngine(accountant=config.accountant.value)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     model.train()
+    criterion = _PerPatientNll()
     with warnings.catch_warnings():
         # Opacus warns that a non-secure RNG is used; the caller chose the generator.
         warnings.simplefilter("ignore", UserWarning)
-        private_model, private_optimizer, private_loader = engine.make_private(
+        wrapped = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
+            criterion=criterion,
             noise_multiplier=noise_multiplier,
             max_grad_norm=config.max_grad_norm,
             poisson_sampling=False,  # already a Poisson DPDataLoader over patients
             noise_generator=generator,
+            grad_sample_mode=config.grad_sample_mode,
         )
-    return PrivateTraining(engine, private_model, private_optimizer, private_loader)
+    if config.grad_sample_mode == "ghost":
+        private_model, private_optimizer, ghost_loss, private_loader = wrapped
+        return PrivateTraining(engine, private_model, private_optimizer, private_loader, ghost_loss)
+    private_model, private_optimizer, private_loader = wrapped
+    return PrivateTraining(engine, private_model, private_optimizer, private_loader, gaussian_nll)
 
 
 def train_private_round(
@@ -129,6 +155,7 @@ def train_private_round(
                 private.optimizer,
                 repeat_batches(private.loader),
                 config.local_steps,
+                private.loss_fn,
             )
     finally:
         # Detach Opacus' hooks so the caller gets its plain module back.

@@ -172,16 +172,21 @@ def _std_normalised(raw_scale: Tensor) -> Tensor:
     return functional.softplus(raw_scale) + MIN_STD_NORMALISED
 
 
-def gaussian_nll(raw: Tensor, windows: ForecastWindows) -> Tensor:
-    """Mean Gaussian negative log-likelihood over windows and horizon, in normalised units.
+def gaussian_nll(raw: Tensor, windows: ForecastWindows, reduction: str = "mean") -> Tensor:
+    """Gaussian negative log-likelihood in normalised units.
 
-    Terms are averaged over everything (``reduction="mean"``, as Opacus expects by default);
-    with ``k`` windows per record every record has the same weight, and its loss is the mean
-    over its own windows.
+    ``reduction="mean"`` averages over everything (as Opacus expects by default); with ``k``
+    windows per record every record has the same weight. ``reduction="none"`` returns one loss
+    per record ``[N]``: the mean over that record's windows and horizon steps, so the mean of
+    the per-record losses equals the ``"mean"`` reduction exactly.
     """
     last = windows.last_cgm_mg_dl.unsqueeze(-1)
     target = (windows.target_mg_dl - last) / DELTA_SCALE_MG_DL
     std = _std_normalised(raw[..., 1, :])
     mean = raw[..., 0, :]
     nll = torch.log(std) + 0.5 * ((target - mean) / std) ** 2 + 0.5 * math.log(2 * math.pi)
+    if reduction == "none":
+        return nll.flatten(1).mean(dim=1)
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
     return nll.mean()

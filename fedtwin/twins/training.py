@@ -9,8 +9,9 @@ comes only from the injected generator.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -107,20 +108,28 @@ class TrainingSummary:
     mean_loss: float
 
 
+LossFn = Callable[[Tensor, ForecastWindows], Any]
+
+
 def fit_steps(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterator[ForecastWindows],
     steps: int,
+    loss_fn: LossFn = gaussian_nll,
 ) -> TrainingSummary:
-    """Take ``steps`` optimiser steps on the Gaussian NLL; works for DP and plain optimisers."""
+    """Take ``steps`` optimiser steps on the Gaussian NLL; works for DP and plain optimisers.
+
+    ``loss_fn`` returns something with ``backward()`` and ``detach()``: a tensor, or the
+    wrapped loss Opacus' ghost clipping hands out.
+    """
     model.train()
     total = 0.0
     for _ in range(steps):
         windows = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss = gaussian_nll(model(windows.history, windows.plan), windows)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss = loss_fn(model(windows.history, windows.plan), windows)
+        loss.backward()
         optimizer.step()
         total += float(loss.detach())
     return TrainingSummary(steps=steps, mean_loss=total / max(steps, 1))

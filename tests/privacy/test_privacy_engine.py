@@ -1,6 +1,7 @@
 import ast
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -117,11 +118,12 @@ def test_per_patient_gradients_are_clipped_to_the_norm(
         private.model._close()
 
 
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
 def test_clipped_sum_equals_a_naive_per_patient_loop(
-    adult_cohort: CohortSeries, generator: torch.Generator
+    mode: str, adult_cohort: CohortSeries, generator: torch.Generator
 ) -> None:
-    # The exactness check of the fast path: Opacus' per-sample (= per-patient) gradients,
-    # clipped and summed, against one plain backward pass per patient of its own k windows.
+    # The exactness check of every fast path: the gradient Opacus applies (noise switched
+    # off) against one plain backward pass per patient of its own k windows, clipped, summed.
     dataset = _dataset(adult_cohort, generator, rows=12, k=3)
     torch.manual_seed(3)
     model = GlucoseTwin(TWIN)
@@ -130,17 +132,18 @@ def test_clipped_sum_equals_a_naive_per_patient_loop(
     reference = GlucoseTwin(TWIN)
     reference.load_state_dict(model.state_dict())
     clip = 0.5
-    config = DpSgdConfig(expected_batch_patients=12, max_grad_norm=clip)
-    private = make_private_training(model, dataset, 1.0, config, generator)
+    config = DpSgdConfig(expected_batch_patients=12, max_grad_norm=clip, grad_sample_mode=mode)
+    private = make_private_training(model, dataset, 0.0, config, generator)
     try:
         batch = as_windows(next(iter(private.loader)))
         assert len(batch) > 1
-        gaussian_nll(private.model(batch.history, batch.plan), batch).backward()
-        private.optimizer.clip_and_accumulate()
-        summed = torch.cat([p.summed_grad.reshape(-1) for p in model.parameters()])
+        private.loss_fn(private.model(batch.history, batch.plan), batch).backward()
+        private.optimizer.pre_step()
+        # With loss_reduction="mean" Opacus divides the clipped sum by the expected batch (12).
+        applied = 12 * torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     finally:
         private.model._close()
-    expected = torch.zeros_like(summed)
+    expected = torch.zeros_like(applied)
     for patient in range(len(batch)):
         reference.zero_grad()
         one = as_windows(
@@ -150,11 +153,10 @@ def test_clipped_sum_equals_a_naive_per_patient_loop(
                 batch.target_mg_dl[patient : patient + 1],
             ]
         )
-        # Opacus scales the mean-reduced batch loss back to per-sample sums: so do we.
         gaussian_nll(reference(one.history, one.plan), one).backward()
         grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
         expected += grad * min(1.0, clip / (float(grad.norm()) + 1e-6))
-    assert torch.allclose(summed, expected, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(applied, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_epsilon_grows_over_rounds_and_matches_a_fresh_accountant(
