@@ -9,7 +9,12 @@ Invariants:
 * :meth:`PrivacyLedger.commit` is idempotent per ``(run_id, round)``: a retried round is never
   counted twice, and a different spend claimed for an already committed round is refused
   (fail closed);
-* ε is per patient, δ fixed per ledger: composing spends at different δ is refused.
+* ε is per patient, δ fixed per ledger: composing spends at different δ is refused;
+* a ledger belongs to one site (its id is written at creation) and is checked on every open:
+  a ledger of another site, or a file that is not an intact ledger, refuses all training
+  (fail closed) with one line naming the file;
+* the site's cap bounds ε over *everything* in the ledger (all studies); a study's own cap
+  (the consortium policy's) bounds ε over that study's spends only.
 """
 
 from __future__ import annotations
@@ -68,13 +73,28 @@ class SpendEvent(BaseModel):
 
 @dataclass(frozen=True)
 class LedgerCheck:
-    """Answer of :meth:`PrivacyLedger.can_spend`."""
+    """Answer of :meth:`PrivacyLedger.can_spend`.
+
+    ``epsilon_before``/``epsilon_after`` are over the whole ledger (the site's cap applies);
+    ``study_epsilon_after`` over the planned spend's study only (``study_cap`` applies).
+    """
 
     allowed: bool
     epsilon_before: float
     epsilon_after: float
     epsilon_cap: float
     delta: float
+    study_epsilon_after: float = 0.0
+    study_cap: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why the spend is refused (empty when allowed)."""
+        if self.epsilon_after > self.epsilon_cap:
+            return f"site cap: ε would reach {self.epsilon_after:.3f} > {self.epsilon_cap}"
+        if self.study_cap is not None and self.study_epsilon_after > self.study_cap:
+            return f"study cap: ε would reach {self.study_epsilon_after:.3f} > {self.study_cap}"
+        return ""
 
 
 class PrivacyLedger:
@@ -92,6 +112,13 @@ class PrivacyLedger:
         Accountant used to compose the history.
     clock : Callable[[], datetime]
         Source of commit times (injected for tests).
+    site_id : str or None
+        The site owning the ledger; written at creation and checked on every open.
+
+    Raises
+    ------
+    ConfigError
+        If the cap or δ are invalid, or the file is not an intact ledger of this site and δ.
     """
 
     def __init__(
@@ -101,26 +128,44 @@ class PrivacyLedger:
         delta: float,
         accountant: AccountantKind = AccountantKind.PRV,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        site_id: str | None = None,
     ) -> None:
-        if epsilon_cap <= 0 or not 0 < delta < 1:
+        if not epsilon_cap > 0 or not 0 < delta < 1:
             raise ConfigError("privacy ledger needs epsilon_cap > 0 and 0 < delta < 1")
         self.path, self.epsilon_cap, self.delta = path, epsilon_cap, delta
         self.accountant, self.clock = accountant, clock
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO ledger_meta VALUES ('delta', ?)", (repr(delta),))
-            stored = db.execute("SELECT value FROM ledger_meta WHERE key='delta'").fetchone()[0]
-        if float(stored) != delta:
-            raise ConfigError(f"{path}: ledger was created for delta={stored}, not {delta}")
+            meta = {"delta": repr(delta), "site_id": site_id or ""}
+            for key, value in meta.items():
+                db.execute("INSERT OR IGNORE INTO ledger_meta VALUES (?, ?)", (key, value))
+            stored = dict(db.execute("SELECT key, value FROM ledger_meta").fetchall())
+            (integrity,) = db.execute("PRAGMA quick_check").fetchone()
+        if integrity != "ok":
+            raise ConfigError(f"{path}: privacy ledger is corrupted ({integrity})")
+        if float(stored["delta"]) != delta:
+            raise ConfigError(
+                f"{path}: ledger was created for delta={stored['delta']}, not {delta}"
+            )
+        if site_id is not None and stored["site_id"] not in ("", site_id):
+            raise ConfigError(
+                f"{path}: ledger belongs to site {stored['site_id']!r}, not {site_id!r}"
+            )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        except sqlite3.Error as error:
+            raise ConfigError(f"{self.path}: cannot open privacy ledger ({error})") from error
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             yield db
+        except sqlite3.DatabaseError as error:
+            # Not a database, a damaged page, a foreign schema: never train on it.
+            raise ConfigError(f"{self.path}: privacy ledger is unreadable ({error})") from error
         finally:
             db.close()
 
@@ -146,14 +191,30 @@ class PrivacyLedger:
         ]
         return [e for e in events if e.run_id != exclude_run]
 
-    def epsilon(self) -> float:
-        """ε per patient spent so far at this site."""
+    def epsilon(self, study: str | None = None) -> float:
+        """ε per patient spent so far at this site (over one study's spends if given)."""
         return epsilon_spent(
-            (e.as_mechanism() for e in self.history()), self.delta, self.accountant
+            (e.as_mechanism() for e in self.history() if study is None or e.study == study),
+            self.delta,
+            self.accountant,
         )
 
-    def can_spend(self, planned: SpendEvent) -> LedgerCheck:
-        """Would committing ``planned`` keep every patient within the cap? Writes nothing."""
+    def epsilon_by_round(self, run_id: str) -> list[tuple[int, float]]:
+        """Cumulative ε of the whole ledger after each committed round of ``run_id``."""
+        history = self.history()
+        points = []
+        for index, event in enumerate(history):
+            if event.run_id == run_id:
+                mechanisms = (e.as_mechanism() for e in history[: index + 1])
+                points.append((event.round, epsilon_spent(mechanisms, self.delta, self.accountant)))
+        return points
+
+    def can_spend(self, planned: SpendEvent, study_cap: float | None = None) -> LedgerCheck:
+        """Would committing ``planned`` keep every patient within the caps? Writes nothing.
+
+        The site's cap bounds the whole ledger; ``study_cap`` (if given) bounds the spends of
+        ``planned.study`` alone.
+        """
         past = [e for e in self.history() if (e.run_id, e.round) != (planned.run_id, planned.round)]
         before = epsilon_spent((e.as_mechanism() for e in past), self.delta, self.accountant)
         after = epsilon_spent(
@@ -161,12 +222,20 @@ class PrivacyLedger:
             self.delta,
             self.accountant,
         )
+        study_after = epsilon_spent(
+            (*(e.as_mechanism() for e in past if e.study == planned.study), planned.as_mechanism()),
+            self.delta,
+            self.accountant,
+        )
+        allowed = after <= self.epsilon_cap and (study_cap is None or study_after <= study_cap)
         return LedgerCheck(
-            allowed=after <= self.epsilon_cap,
+            allowed=allowed,
             epsilon_before=before,
             epsilon_after=after,
             epsilon_cap=self.epsilon_cap,
             delta=self.delta,
+            study_epsilon_after=study_after,
+            study_cap=study_cap,
         )
 
     def commit(self, event: SpendEvent) -> bool:
