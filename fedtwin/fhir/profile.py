@@ -12,6 +12,7 @@ Invariants (``docs/fhir-profile.md`` states the same tables for people):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -165,25 +166,24 @@ class UnitProblem:
 def unit_factor(quantity: dict[str, Any], dimension: Dimension) -> float | UnitProblem:
     """Factor converting ``quantity`` to the canonical unit of ``dimension``.
 
-    Rule: the UCUM ``code`` with ``system`` ``http://unitsofmeasure.org`` decides. When
-    ``code`` is absent, a human-readable ``unit`` is accepted only if it is itself exactly a
-    UCUM code of the table (``"mg/dL"`` yes, ``"mg/dl"`` no).
+    Rule: the UCUM ``code`` decides; ``system`` must be ``http://unitsofmeasure.org`` or absent
+    (a code from another system is never read as UCUM). When ``code`` is absent, the
+    human-readable ``unit`` is accepted only if it is itself exactly a UCUM code of the table
+    (``"mg/dL"`` yes, ``"mg/dl"`` no).
 
     Returns
     -------
     float or UnitProblem
         The factor, or why there is none.
     """
-    code = quantity.get("code")
     system = quantity.get("system")
+    if system is not None and system != UCUM:
+        return UnitProblem("unit system is not UCUM (http://unitsofmeasure.org)")
+    code = quantity.get("code")
     if code is None:
         code = quantity.get("unit")
         if code is None:
             return UnitProblem(f"missing unit (expected {dimension.value} or a UCUM equivalent)")
-        if system is not None and system != UCUM:
-            return UnitProblem("unit system is not UCUM (http://unitsofmeasure.org)")
-    elif system != UCUM:
-        return UnitProblem("unit code without UCUM system (http://unitsofmeasure.org)")
     factor = UNITS.get((dimension, code)) if isinstance(code, str) else None
     if factor is None:
         shown = repr(code) if isinstance(code, str) and len(code) <= 32 else "given"
@@ -217,8 +217,26 @@ def observation_measure(code: object) -> Measure | None:
     return None
 
 
+_INSULIN_WORD = re.compile(r"\binsulin\b", re.IGNORECASE)
+
+
+def _names_insulin(concept: object) -> bool:
+    if not isinstance(concept, dict):
+        return False
+    texts = [concept.get("text")]
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict):
+            texts.append(coding.get("display"))
+    return any(isinstance(t, str) and _INSULIN_WORD.search(t) for t in texts)
+
+
 def medication_measure(concept: object) -> Measure | None:
-    """Insulin or chemotherapy from a medication CodeableConcept, or ``None``."""
+    """Insulin or chemotherapy from a medication CodeableConcept, or ``None``.
+
+    Insulin: a coding in :data:`INSULIN_CODES` or an ATC code under ``A10A``; failing that, a
+    concept whose ``text`` or a coding ``display`` names insulin (its dose must then still be
+    in an insulin unit, U, or it is a ``unit`` error). Chemotherapy: ATC under ``L01``.
+    """
     for system, code in codings(concept):
         if (system, code) in INSULIN_CODES or (
             system == ATC and code.startswith(INSULIN_ATC_PREFIX)
@@ -226,4 +244,6 @@ def medication_measure(concept: object) -> Measure | None:
             return Measure.INSULIN
         if system == ATC and code.startswith(CHEMO_ATC_PREFIX):
             return Measure.CHEMO
+    if _names_insulin(concept):
+        return Measure.INSULIN
     return None

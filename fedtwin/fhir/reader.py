@@ -63,6 +63,7 @@ _VARIABLE: dict[str, tuple[tuple[str, ...], ...]] = {
         ("meta", "lastUpdated"),
         ("meta", "versionId"),
         ("subject", "reference"),
+        ("encounter", "reference"),
         ("effectiveDateTime",),
         ("effectiveInstant",),
         ("effectivePeriod", "start"),
@@ -81,11 +82,13 @@ _VARIABLE: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 _MA_TIMES = {
     FhirVersion.R4B: (
+        ("context", "reference"),
         ("effectiveDateTime",),
         ("effectivePeriod", "start"),
         ("effectivePeriod", "end"),
     ),
     FhirVersion.R5: (
+        ("encounter", "reference"),
         ("occurenceDateTime",),
         ("occurencePeriod", "start"),
         ("occurencePeriod", "end"),

@@ -1,16 +1,20 @@
 """Patient references: how a resource names its patient, read one exact way.
 
-Invariant: a reference resolves to a local patient id only in the two documented forms,
-``Patient/<id>`` (optionally with ``/_history/<v>``) and ``urn:uuid:<id>`` (Bulk exporters that
-write bundle-style references; it resolves only when a Patient with that id exists). Anything
-else (absolute URLs, other resource types, contained ``#`` references) is not a patient.
+Invariant: a reference resolves to a local patient id only in the documented forms,
+``Patient/<id>`` (optionally with ``/_history/<v>``, optionally after an ``http(s)://`` server
+base, as some Bulk servers write absolute references) and ``urn:uuid:<id>`` (exporters that
+write bundle-style references); the id then resolves only when a Patient with that id is in the
+same export. Anything else (other resource types, contained ``#`` references) is not a patient.
 """
 
 from __future__ import annotations
 
 import re
 
-_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+_PATIENT_REF = re.compile(
+    r"(?:https?://[^\s/]+(?:/[^\s/]+)*/)?Patient/([A-Za-z0-9\-.]{1,64})"
+    r"(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+)
 _URN_UUID = re.compile(r"urn:uuid:([0-9a-fA-F\-]{36})")
 
 

@@ -347,3 +347,37 @@ def test_report_names_no_patient_and_no_resource_id(fhir: Any, make_export: Any)
     assert "zqx" not in dumped
     assert export.patients[0].pseudonym not in dumped
     assert not math.isnan(export.report.sampling.coverage)
+
+
+def test_absolute_patient_url_resolves_to_the_local_patient(fhir: Any, make_export: Any) -> None:
+    base = "https://fhir.example-hospital.org/R4/Patient/p1"
+    readings = [dict(r, subject={"reference": base}) for r in fhir.cgm_day()]
+    folder = make_export(Patient=[fhir.patient()], Observation=readings)
+    assert read_site(folder, secret=fhir.SECRET, options=STRICT).patients[0].patient_id == "p1"
+
+
+def test_insulin_named_in_the_display_is_read_when_no_code_matches(
+    fhir: Any, make_export: Any
+) -> None:
+    dose = fhir.bolus("b", "2024-05-01T08:06:00Z", 2.0)
+    dose["medicationCodeableConcept"] = {
+        "coding": [
+            {
+                "system": "http://example.org/drugs",
+                "code": "X1",
+                "display": "Insulin Lispro 100 UNT/ML",
+            }
+        ]
+    }
+    folder = make_export(
+        Patient=[fhir.patient()], Observation=fhir.cgm_day(), MedicationAdministration=[dose]
+    )
+    series = read_site(folder, secret=fhir.SECRET, options=STRICT).patients[0]
+    assert float(series.insulin_u[1]) == 2.0
+
+
+def test_unit_system_other_than_ucum_is_an_error(fhir: Any, make_export: Any) -> None:
+    bad = fhir.observation("x", "2024-05-01T09:00:00Z")
+    bad["valueQuantity"]["system"] = "http://snomed.info/sct"
+    message = _strict_error(_with_bad_third_line(fhir, make_export, bad), fhir)
+    assert "Observation.ndjson:3: valueQuantity: unit system is not UCUM" in message
