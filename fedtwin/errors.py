@@ -18,6 +18,10 @@ class IngestError(FedTwinError):
     """An input data file or record cannot be read or is invalid."""
 
 
+class ConsentDenied(FedTwinError):
+    """A site refused a run or a round under its policy or its patients' consents."""
+
+
 class BudgetExhausted(FedTwinError):
     """A planned privacy spend would exceed the site's cap; nothing was spent."""
 
