@@ -6,7 +6,8 @@ escaped by the standard library's C encoder, whose escaping rules (only ``"``, `
 control characters, lower-case ``\\u00xx``) are those of RFC 8785 §3.2.2.2; object keys are
 sorted by their UTF-16 code units (§3.2.3); numbers follow ECMAScript's ``Number.toString``
 (§3.2.2.3): floats in [1e-4, 1e16) print as Python's shortest repr without a trailing ``.0``,
-every other float is formatted by the ``rfc8785`` package itself.
+those in [1e-6, 1e-4) as the same digits in fixed notation, every other float is formatted by
+the ``rfc8785`` package itself.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ class CanonicalizationError(ValueError):
 
 
 def _float(value: float) -> str:
-    if math.isnan(value) or math.isinf(value):
-        raise CanonicalizationError(f"{value} has no JSON form")
     magnitude = abs(value)
     if 1e-4 <= magnitude < 1e16:
         text = float.__repr__(value)
         return text[:-2] if text.endswith(".0") else text
+    if 1e-6 <= magnitude < 1e-4:  # repr says d.ddde-0k; ECMAScript writes 0.0…0ddd
+        mantissa, exponent = float.__repr__(magnitude).split("e")
+        text = "0." + "0" * (-int(exponent) - 1) + mantissa.replace(".", "")
+        return "-" + text if value < 0 else text
+    if math.isnan(value) or math.isinf(value):
+        raise CanonicalizationError(f"{value} has no JSON form")
     return rfc8785.dumps(value).decode("ascii")
 
 
@@ -41,9 +46,31 @@ def _utf16_order(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
+def _write_object(value: Mapping[Any, Any], parts: list[str]) -> None:
+    keys = list(value)
+    try:
+        ascii_keys = "".join(keys).isascii()
+    except TypeError as error:
+        raise CanonicalizationError("object keys must be strings") from error
+    keys.sort(key=None if ascii_keys else _utf16_order)
+    separator = "{"
+    for key in keys:
+        parts.append(separator)
+        parts.append(_encode_string(key))
+        parts.append(":")
+        _write(value[key], parts)
+        separator = ","
+    parts.append("}" if keys else "{}")
+
+
 def _write(value: Any, parts: list[str]) -> None:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         parts.append(_encode_string(value))
+    elif kind is dict:
+        _write_object(value, parts)
+    elif kind is float:
+        parts.append(_float(value))
     elif value is None:
         parts.append("null")
     elif value is True:
@@ -54,29 +81,19 @@ def _write(value: Any, parts: list[str]) -> None:
         if not -_INT_LIMIT <= value <= _INT_LIMIT:
             raise CanonicalizationError(f"{value} exceeds the JSON safe integer range")
         parts.append(str(int(value)))
+    elif isinstance(value, str):
+        parts.append(_encode_string(value))
     elif isinstance(value, float):
-        parts.append(_float(value))
+        parts.append(_float(float(value)))
     elif isinstance(value, Mapping):
-        if not all(isinstance(key, str) for key in value):
-            raise CanonicalizationError("object keys must be strings")
-        keys = sorted(value) if all(key.isascii() for key in value) else None
-        if keys is None:
-            keys = sorted(value, key=_utf16_order)
-        parts.append("{")
-        for position, key in enumerate(keys):
-            if position:
-                parts.append(",")
-            parts.append(_encode_string(key))
-            parts.append(":")
-            _write(value[key], parts)
-        parts.append("}")
+        _write_object(value, parts)
     elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        parts.append("[")
-        for position, item in enumerate(value):
-            if position:
-                parts.append(",")
+        separator = "["
+        for item in value:
+            parts.append(separator)
             _write(item, parts)
-        parts.append("]")
+            separator = ","
+        parts.append("]" if separator == "," else "[]")
     else:
         raise CanonicalizationError(f"unsupported type {type(value).__name__}")
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DOMAIN = b"fedtwin-update-v1\n"
 
 
 def _as_numpy(value: Any) -> tuple[np.ndarray, str]:
     """The values as a numpy array, and the dtype name to hash."""
+    import numpy as np
+
     if hasattr(value, "detach"):  # a torch tensor: off the graph and the device first
         value = value.detach().cpu()
         if str(value.dtype) == "torch.bfloat16":
@@ -49,6 +52,8 @@ def update_digest(tensors: Mapping[str, Any]) -> str:
     tensors : Mapping[str, Any]
         Tensor name to numpy array, torch tensor or anything with a ``.numpy()`` method.
     """
+    import numpy as np
+
     digest = hashlib.sha256(DOMAIN)
     for name in sorted(tensors, key=lambda key: key.encode("utf-8")):
         array, dtype_name = _as_numpy(tensors[name])

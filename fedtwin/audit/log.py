@@ -45,7 +45,7 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel
 
 from fedtwin.audit._files import fsync_directory, write_all
-from fedtwin.audit.canonical import event_bytes
+from fedtwin.audit.canonical import canonical_json
 from fedtwin.audit.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
@@ -216,7 +216,9 @@ class AuditLog:
             if getattr(event, "seq", None) not in (None, index):
                 raise ValueError(f"event claims seq {getattr(event, 'seq', None)}, not {index}")
             prev = self._tree.leaf(index - 1).hex() if index else None
-            data = event_bytes(event.model_copy(update={"seq": index, "prev": prev}))
+            record = event.model_dump(mode="json")
+            record["seq"], record["prev"] = index, prev
+            data = canonical_json(record)
             try:
                 write_all(self._fd, data + b"\n")
             except OSError:

@@ -132,9 +132,25 @@ def _sites(events: Sequence[AuditEvent]) -> str:
     return _table(["site", "decision", "identity / policy", "reason"], rows, "no site events")
 
 
+_PARTICIPATION_RANK = {
+    "update received": 0,
+    "refused (budget)": 1,
+    "update rejected": 2,
+    "contributed": 3,
+}
+"""When several events speak about one site in one round, the strongest wins."""
+
+
 def _participation(events: Sequence[AuditEvent]) -> str:
     cells: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
     sites: set[str] = set()
+
+    def mark(key: tuple[str, int], site: str, state: str) -> None:
+        sites.add(site)
+        current = cells[key].get(site)
+        if current is None or _PARTICIPATION_RANK[state] > _PARTICIPATION_RANK[current]:
+            cells[key][site] = state
+
     for event in events:
         if event.round is None:
             continue
@@ -142,17 +158,13 @@ def _participation(events: Sequence[AuditEvent]) -> str:
         match event:
             case ev.Aggregated():
                 for site in event.contributors:
-                    cells[key][site] = "contributed"
-                    sites.add(site)
+                    mark(key, site, "contributed")
             case ev.UpdateRejected():
-                cells[key].setdefault(event.site_id, "update rejected")
-                sites.add(event.site_id)
+                mark(key, event.site_id, "update rejected")
             case ev.BudgetRefused():
-                cells[key].setdefault(event.site_id, "refused (budget)")
-                sites.add(event.site_id)
+                mark(key, event.site_id, "refused (budget)")
             case ev.UpdateReceived():
-                cells[key].setdefault(event.site_id, "update received")
-                sites.add(event.site_id)
+                mark(key, event.site_id, "update received")
     ordered = sorted(sites)
     rows = [
         [_code(run), _e(round_)] + [_e(cells[(run, round_)].get(site, "—")) for site in ordered]
