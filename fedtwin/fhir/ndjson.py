@@ -179,6 +179,8 @@ def parse_line(
     except ValueError as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         return Rejection(ErrorClass.INVALID_JSON, path, line_no, f"invalid JSON ({detail})")
+    except RecursionError:
+        return Rejection(ErrorClass.INVALID_JSON, path, line_no, "invalid JSON (nested too deep)")
     if not isinstance(obj, dict):
         return Rejection(ErrorClass.INVALID_JSON, path, line_no, "line is not a JSON object")
     if resource_type is not None and obj.get("resourceType") != resource_type:

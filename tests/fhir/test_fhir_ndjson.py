@@ -82,6 +82,12 @@ def test_nan_is_not_json(fhir: Any, tmp_path: Path) -> None:
         list(iter_resources(path, "Consent"))
 
 
+def test_deeply_nested_line_is_invalid_json_not_a_crash(fhir: Any, tmp_path: Path) -> None:
+    path = fhir.write_ndjson(tmp_path / "Consent.ndjson", ['{"a":' * 200_000])
+    with pytest.raises(IngestError, match=r"Consent.ndjson:1: invalid JSON"):
+        list(iter_resources(path, "Consent"))
+
+
 def test_read_consents_groups_by_patient(fhir: Any, tmp_path: Path) -> None:
     fhir.write_ndjson(tmp_path / "Consent.ndjson", [R4B_CONSENT, R5_CONSENT])
     grouped = read_consents(tmp_path)
