@@ -8,7 +8,8 @@ for the writer re-opening its log and for the verifier alike:
   *partial last line*, the trace of a crashed write, never part of the log;
 * line ``i`` is a JSON object whose ``seq`` is ``i`` and whose ``prev`` is the hex leaf hash
   (``SHA-256(0x00 || line)``) of line ``i - 1`` (``null`` for line 0). The first line that
-  breaks this names the entry that was removed, reordered or altered (:class:`EntryError`).
+  breaks this names the entry that was removed, inserted, reordered or altered
+  (:class:`EntryError`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedtwin.errors import IngestError, VerificationError
 LOG_SUFFIX = ".audit.jsonl"
 CHECKPOINTS_SUFFIX = ".checkpoints"
 _PARTY = re.compile(PARTY_ID_PATTERN)
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class EntryError(VerificationError):
@@ -38,12 +40,16 @@ class EntryError(VerificationError):
         The first entry found bad (0-based line number).
     reason : str
         Why, in a few words.
+    alternative : int, optional
+        The other entry that may be the altered one, when the chain alone cannot tell (the
+        last entry's link breaks: either its predecessor or its own ``prev`` changed).
     """
 
-    def __init__(self, index: int, reason: str) -> None:
+    def __init__(self, index: int, reason: str, alternative: int | None = None) -> None:
         super().__init__(f"entry {index}: {reason}")
         self.index = index
         self.reason = reason
+        self.alternative = alternative
 
 
 def log_file(directory: Path, party: str) -> Path:
@@ -156,9 +162,19 @@ def _json_object(index: int, line: bytes) -> dict[str, Any]:
     return record
 
 
-def _sequence_problem(index: int, seq: int, link_ok: bool, positions: dict[int, int]) -> EntryError:
-    if link_ok:
+def _sequence_problem(
+    index: int, seq: int, prev: object, leaf_hashes: list[bytes], positions: dict[int, int]
+) -> EntryError:
+    """Why position ``index`` holds entry ``seq`` (``prev`` is its link as written)."""
+    if prev == (leaf_hashes[index - 1].hex() if index else None):
         return EntryError(index, f"altered: sequence number reads {seq}")
+    if seq < index:
+        if leaf_hashes[index] == leaf_hashes[index - 1]:
+            return EntryError(index, f"inserted: position {index} repeats entry {seq}")
+        if prev == (leaf_hashes[index - 2].hex() if index >= 2 else None):
+            return EntryError(index - 1, "inserted: the next entry links past it")
+        if positions.get(seq) != index:
+            return EntryError(index, f"inserted: position {index} repeats entry {seq}")
     if seq > index and index not in positions:
         missing = seq - index
         what = "entry" if missing == 1 else f"{missing} entries"
@@ -181,16 +197,16 @@ def check_chain(links: list[tuple[object, object]], leaf_hashes: list[bytes]) ->
             positions.setdefault(seq, position)
     count = len(links)
     for index, (seq, prev) in enumerate(links):
-        expected_prev = leaf_hashes[index - 1].hex() if index else None
-        link_ok = prev == expected_prev
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise EntryError(index, "altered: missing or invalid sequence number")
         if seq != index:
-            raise _sequence_problem(index, seq, link_ok, positions)
-        if link_ok:
+            raise _sequence_problem(index, seq, prev, leaf_hashes, positions)
+        if prev == (leaf_hashes[index - 1].hex() if index else None):
             continue
         if index == 0:
             raise EntryError(0, "altered: the first entry must not link to a predecessor")
+        if not (isinstance(prev, str) and _HASH.fullmatch(prev)):
+            raise EntryError(index, "altered: its hash link is missing or malformed")
         if index + 1 < count:
             if links[index + 1][1] != leaf_hashes[index].hex():
                 raise EntryError(index, "altered: its hash link and its successor's both break")
@@ -201,4 +217,5 @@ def check_chain(links: list[tuple[object, object]], leaf_hashes: list[bytes]) ->
             index - 1,
             f"altered: its hash differs from the one entry {index} recorded "
             f"(or entry {index}'s link was altered)",
+            alternative=index,
         )

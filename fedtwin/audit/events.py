@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NewType, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -36,7 +36,6 @@ from pydantic import (
 PARTY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 """A party (coordinator or site) id; the same rule as a federation ``SiteId``."""
 
-PartyId = NewType("PartyId", str)
 Party = Annotated[str, Field(pattern=PARTY_ID_PATTERN)]
 RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from fedtwin.audit import events as ev
-from fedtwin.audit.canonical import event_bytes
 from fedtwin.audit.events import AuditEvent
 from fedtwin.audit.merkle import leaf_hash
 
@@ -242,11 +241,6 @@ def audit_bundle(
     }
     Bundle.model_validate(bundle)
     return bundle
-
-
-def event_lines(events: Sequence[AuditEvent]) -> list[bytes]:
-    """The canonical lines of events as a log holds them (for events not read from a file)."""
-    return [event_bytes(event) for event in events]
 
 
 def write_bundle(path: Path, bundle: dict[str, Any]) -> None:

@@ -26,12 +26,14 @@ runs these steps in order; the first failure stops verification and names the fi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 
+from fedtwin.audit.canonical import canonical_json
 from fedtwin.audit.checkpoint import Checkpoint, SignedCheckpoint, checkpoint_files, read_checkpoint
 from fedtwin.audit.entries import (
     EntryError,
@@ -43,7 +45,7 @@ from fedtwin.audit.entries import (
 )
 from fedtwin.audit.events import AuditEvent
 from fedtwin.audit.keys import VerifierKey
-from fedtwin.audit.merkle import leaf_hash, verify_consistency
+from fedtwin.audit.merkle import leaf_hash, root_of, verify_consistency
 from fedtwin.audit.note import cosignatures_by, verify_cosignature
 from fedtwin.audit.tree import MerkleTree
 from fedtwin.errors import ConfigError, VerificationError
@@ -155,6 +157,24 @@ def _load_checkpoints(
     return loaded, None
 
 
+def _only_link_changed(
+    index: int, lines: list[bytes], leaves: list[bytes], directory: Path
+) -> bool:
+    """True if entry ``index`` with its link restored gives a checkpointed root.
+
+    Only used to name the right entry when the last link breaks; the verdict is tampered
+    either way, so an unsigned checkpoint file cannot hide anything here.
+    """
+    try:
+        record = json.loads(lines[index])
+        record["prev"] = leaves[index - 1].hex()
+        restored = [*leaves[:index], leaf_hash(canonical_json(record))]
+        path = directory / f"{index + 1}.note"
+        return path.is_file() and read_checkpoint(path).checkpoint.root == root_of(restored)
+    except (ValueError, TypeError, VerificationError):
+        return False
+
+
 def verify_log(
     log_path: Path,
     key: VerifierKey,
@@ -226,6 +246,11 @@ def verify_log(
     try:
         check_chain(parsed.links, leaves)
     except EntryError as error:
+        if error.alternative is not None and _only_link_changed(
+            error.alternative, content.lines, leaves, directory
+        ):
+            reason = "altered: its hash link was changed"
+            return tampered(Failure(3, reason, index=error.alternative))
         return tampered(Failure(3, error.reason, index=error.index))
 
     # (4): checkpoints, each signed by the log's key.

@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedtwin.audit import AuditSigner, Checkpoint, Verdict, verify_log
 from fedtwin.audit.checkpoint import sign_checkpoint, write_checkpoint
@@ -115,6 +118,32 @@ def test_an_edited_hash_link_names_the_entry_that_holds_it(
     assert "both break" in report.failure.reason
 
 
+def test_an_edited_link_of_the_last_entry_names_the_last_entry(
+    run: Any, signers: dict[str, AuditSigner], lines_of: Lines
+) -> None:
+    lines = lines_of(run.log("coordinator"))
+    record = json.loads(lines[21])
+    record["prev"] = "f" * 64
+    lines[21] = rfc8785.dumps(record)
+    _write(run.log("coordinator"), lines)
+    report = _verify(run, signers)
+    assert (report.failure.index, report.failure.reason) == (
+        21,
+        "altered: its hash link was changed",
+    )
+
+
+def test_an_edit_of_the_entry_before_the_last_names_that_entry(
+    run: Any, signers: dict[str, AuditSigner], lines_of: Lines
+) -> None:
+    lines = lines_of(run.log("coordinator"))
+    lines[20] = lines[20].replace(b'"cosigner":"site-a"', b'"cosigner":"site-b"')
+    _write(run.log("coordinator"), lines)
+    report = _verify(run, signers)
+    assert report.failure.index == 20
+    assert report.failure.reason.startswith("altered: its hash differs from the one entry 21")
+
+
 def test_a_deleted_entry_is_named_as_removed(
     run: Any, signers: dict[str, AuditSigner], lines_of: Lines
 ) -> None:
@@ -135,6 +164,28 @@ def test_swapped_entries_are_named_as_reordered(
     report = _verify(run, signers)
     assert report.failure.index == 4
     assert report.failure.reason == "reordered: position 4 holds entry 9; entry 4 is at position 9"
+
+
+def test_an_inserted_entry_is_named_even_when_it_links_correctly(
+    run: Any, signers: dict[str, AuditSigner], lines_of: Lines
+) -> None:
+    lines = lines_of(run.log("coordinator"))
+    forged = json.loads(lines[7])
+    forged.update(seq=7, prev=_leaf(lines[6]).hex(), num_examples=1)
+    _write(run.log("coordinator"), [*lines[:7], rfc8785.dumps(forged), *lines[7:]])
+    report = _verify(run, signers)
+    assert report.failure.index == 7
+    assert report.failure.reason == "inserted: the next entry links past it"
+
+
+def test_a_copied_entry_is_named_as_inserted(
+    run: Any, signers: dict[str, AuditSigner], lines_of: Lines
+) -> None:
+    lines = lines_of(run.log("coordinator"))
+    _write(run.log("coordinator"), [*lines[:12], lines[3], *lines[12:]])
+    report = _verify(run, signers)
+    assert report.failure.index == 12
+    assert report.failure.reason == "inserted: position 12 repeats entry 3"
 
 
 def test_a_truncated_tail_names_the_first_missing_entry(
@@ -309,3 +360,56 @@ def test_unusable_input_is_not_reported_as_tampering(
         verify_log(tmp_path / "nobody.audit.jsonl", key)
     with pytest.raises(ConfigError, match="no such checkpoints folder"):
         verify_log(run.log("coordinator"), key, checkpoints_dir=tmp_path / "missing")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_any_single_tampering_names_the_entry_it_touched(
+    pristine_run: Path, signers: dict[str, AuditSigner], data: st.DataObject
+) -> None:
+    source = pristine_run / "audit" / "coordinator.audit.jsonl"
+    lines = source.read_bytes().split(b"\n")[:-1]
+    n = len(lines)
+    operation = data.draw(st.sampled_from(["edit", "delete", "swap", "truncate", "copy", "append"]))
+    if operation == "edit":
+        index = data.draw(st.integers(0, n - 1))
+        digits = [i for i, c in enumerate(lines[index]) if chr(c) in "0123456789abcdef"]
+        position = data.draw(st.sampled_from(digits))
+        new = data.draw(
+            st.sampled_from([c for c in b"0123456789abcdef" if c != lines[index][position]])
+        )
+        edited = bytearray(lines[index])
+        edited[position] = new
+        lines[index] = bytes(edited)
+    elif operation == "delete":
+        index = data.draw(st.integers(0, n - 1))
+        del lines[index]
+    elif operation == "swap":
+        index = data.draw(st.integers(0, n - 2))
+        other = data.draw(st.integers(index + 1, n - 1))
+        lines[index], lines[other] = lines[other], lines[index]
+    elif operation == "truncate":
+        index = data.draw(st.integers(0, n - 1))
+        lines = lines[:index]
+    elif operation == "copy":
+        index = data.draw(st.integers(0, n))
+        source = data.draw(st.integers(0, n - 1))
+        lines.insert(index, lines[source])
+        if source == index:  # two identical lines side by side: the second is the repeat
+            index += 1
+    else:
+        index = n
+        lines.append(lines[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "coordinator.audit.jsonl"
+        _write(log, lines)
+        report = verify_log(
+            log,
+            signers["coordinator"].verifier_key,
+            checkpoints_dir=pristine_run / "audit" / "coordinator.checkpoints",
+        )
+    assert report.verdict is Verdict.TAMPERED
+    assert report.failure is not None and report.failure.index == index, (
+        operation,
+        report.summary(),
+    )
