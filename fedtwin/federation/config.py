@@ -22,6 +22,20 @@ SiteId = NewType("SiteId", str)
 SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
+class CentralDpConfig(BaseModel):
+    """Optional site-level DP at the coordinator (Flower's server-side fixed clipping).
+
+    Each site's model update is clipped to ``clipping_norm`` and Gaussian noise of standard
+    deviation ``noise_multiplier · clipping_norm / sites`` is added to their average. It
+    protects whole *sites*; it adds to, never replaces, every site's patient-level DP.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    noise_multiplier: float = Field(gt=0, le=100)
+    clipping_norm: float = Field(gt=0, le=1000)
+
+
 class RunConfig(BaseModel):
     """What the coordinator asks every site to do in one federated run."""
 
@@ -37,6 +51,7 @@ class RunConfig(BaseModel):
     round_timeout_s: float = Field(600.0, gt=0)
     max_update_norm: float = Field(50.0, gt=0, description="coordinator rejects larger updates")
     eval_stride_steps: int = Field(3, ge=1, le=288)
+    central_dp: CentralDpConfig | None = None
 
     def to_json(self) -> str:
         """Compact JSON with sorted keys (what travels in the train message)."""

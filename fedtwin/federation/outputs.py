@@ -23,6 +23,7 @@ import fedtwin
 from fedtwin.federation.collector import RoundCollector, pool_site_metrics
 from fedtwin.federation.config import RunConfig
 from fedtwin.federation.validation import RejectedUpdate
+from fedtwin.privacy import AccountantKind, MechanismSteps, epsilon_spent
 
 MODEL_FILE = "model.safetensors"
 MODEL_CARD_FILE = "model_card.json"
@@ -76,6 +77,37 @@ def metrics_document(collector: RoundCollector, rejected: list[RejectedUpdate]) 
     return {"rounds": rounds}
 
 
+def site_level_privacy(run: RunConfig, contributors: list[int]) -> dict[str, Any] | None:
+    """ε per *site* of the coordinator's central DP, if the run used it (RDP accountant).
+
+    Every aggregated round is one Gaussian mechanism on the average of ``k`` clipped site
+    updates (sensitivity ``C / k``) with noise ``σ · C / min_sites`` (Flower calibrates to the
+    sites it expects), so a round with ``k < min_sites`` contributors is accounted at the
+    weaker effective multiplier ``σ · k / min_sites``; no subsampling (every site is asked).
+    ``contributors`` holds ``k`` for every aggregated round.
+    """
+    if run.central_dp is None:
+        return None
+    sigma = run.central_dp.noise_multiplier
+    mechanisms = [
+        MechanismSteps(
+            noise_multiplier=sigma * min(count, run.min_sites) / run.min_sites,
+            sample_rate=1.0,
+            steps=1,
+        )
+        for count in contributors
+        if count > 0
+    ]
+    return {
+        "unit": "site",
+        "noise_multiplier": run.central_dp.noise_multiplier,
+        "clipping_norm": run.central_dp.clipping_norm,
+        "epsilon": epsilon_spent(mechanisms, run.delta, AccountantKind.RDP),
+        "delta": run.delta,
+        "accountant": AccountantKind.RDP.value,
+    }
+
+
 def model_card(
     run: RunConfig,
     version_hash: str,
@@ -106,6 +138,9 @@ def model_card(
             "delta": run.delta,
             "accountant": run.dp.accountant.value,
             "max_grad_norm": run.dp.max_grad_norm,
+            "site_level": site_level_privacy(
+                run, [len(per_site) for _, per_site in sorted(collector.train.items())]
+            ),
         },
         "data": data_description,
         "metrics": {

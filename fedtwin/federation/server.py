@@ -14,7 +14,11 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 
 from fedtwin.errors import FederationError
 from fedtwin.federation.client import RUN_CONFIG_KEY
@@ -46,6 +50,33 @@ def initial_model(run: RunConfig) -> GlucoseTwin:
     return GlucoseTwin(run.twin)
 
 
+def build_strategy(run: RunConfig, collector: RoundCollector) -> ValidatedStrategy:
+    """FedAvg over every available site, optionally with central DP, behind update validation.
+
+    Composition, outermost first: :class:`ValidatedStrategy` (drops malformed or oversized
+    updates) → Flower's ``DifferentialPrivacyServerSideFixedClipping`` when
+    ``run.central_dp`` is set (clips each site's update, adds noise to the average: site-level
+    DP on top of every site's patient-level DP) → ``FedAvg``.
+    """
+    inner: Strategy = FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=run.min_sites,
+        min_evaluate_nodes=run.min_sites,
+        min_available_nodes=run.min_sites,
+        train_metrics_aggr_fn=collector.aggregate_train,
+        evaluate_metrics_aggr_fn=collector.aggregate_evaluate,
+    )
+    if run.central_dp is not None:
+        inner = DifferentialPrivacyServerSideFixedClipping(
+            inner,
+            noise_multiplier=run.central_dp.noise_multiplier,
+            clipping_norm=run.central_dp.clipping_norm,
+            num_sampled_clients=run.min_sites,
+        )
+    return ValidatedStrategy(inner, max_update_norm=run.max_update_norm)
+
+
 def run_coordinator(
     grid: Grid,
     run: RunConfig,
@@ -58,18 +89,7 @@ def run_coordinator(
     outcome = outcome or CoordinatorOutcome()
     outcome.collector.on_round_evaluated = on_round_evaluated
     model = initial_model(run)
-    strategy = ValidatedStrategy(
-        FedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=run.min_sites,
-            min_evaluate_nodes=run.min_sites,
-            min_available_nodes=run.min_sites,
-            train_metrics_aggr_fn=outcome.collector.aggregate_train,
-            evaluate_metrics_aggr_fn=outcome.collector.aggregate_evaluate,
-        ),
-        max_update_norm=run.max_update_norm,
-    )
+    strategy = build_strategy(run, outcome.collector)
     config = ConfigRecord({RUN_CONFIG_KEY: run.to_json()})
     result = strategy.start(
         grid=grid,

@@ -28,6 +28,16 @@ class RejectedUpdate:
     reason: str
 
 
+@dataclass(frozen=True)
+class SiteRefusal:
+    """A site that answered a round with a refusal (budget, policy, consent) or an error."""
+
+    server_round: int
+    node_id: int
+    code: int
+    reason: str
+
+
 def site_of(message: Message) -> str:
     """The site id a reply claims (``"?"`` when it names none)."""
     record = message.content.config_records.get(SITE_RECORD_KEY) if message.has_content() else None
@@ -41,6 +51,7 @@ class ValidatedStrategy(Strategy):
         self.inner = inner
         self.max_update_norm = max_update_norm
         self.rejected: list[RejectedUpdate] = []
+        self.refusals: list[SiteRefusal] = []
         self._global: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
@@ -57,10 +68,24 @@ class ValidatedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate only the replies that pass validation."""
+        """Aggregate only the replies that pass validation; refusals are recorded, not passed.
+
+        A refusal never reaches the inner strategy: Flower's DP wrappers would skip the whole
+        round's aggregation for one refusing site.
+        """
         accepted: list[Message] = []
         for reply in replies:
-            reason = self._problem(reply) if reply.has_content() else None
+            if reply.has_error():
+                self.refusals.append(
+                    SiteRefusal(
+                        server_round,
+                        reply.metadata.src_node_id,
+                        int(reply.error.code),
+                        str(reply.error.reason),
+                    )
+                )
+                continue
+            reason = self._problem(reply)
             if reason is None:
                 accepted.append(reply)
             else:
