@@ -13,6 +13,7 @@ from fedtwin.audit.checkpoint import (
     SignedCheckpoint,
     add_cosignature,
     checkpoint_files,
+    last_cosigned_size,
     read_checkpoint,
 )
 from fedtwin.audit.cosign import Cosigner
@@ -86,6 +87,7 @@ __all__ = [
     "audit_bundle",
     "audit_run",
     "checkpoint_files",
+    "last_cosigned_size",
     "leaf_hash",
     "load_verifier_key",
     "log_file",

@@ -26,6 +26,7 @@ from fedtwin.audit.merkle import HASH_SIZE
 from fedtwin.audit.note import (
     NoteSignature,
     SignedNote,
+    cosignatures_by,
     parse_note,
     sign_note,
     verify_cosignature,
@@ -165,6 +166,22 @@ def checkpoint_files(directory: Path) -> list[Path]:
         if _SIZE.fullmatch(stem):
             found.append((int(stem), path))
     return [path for _, path in sorted(found)]
+
+
+def last_cosigned_size(directory: Path, cosigner: VerifierKey) -> int | None:
+    """The largest checkpoint size in ``directory`` carrying a valid cosignature by ``cosigner``.
+
+    The coordinator proves consistency to a site from this size (None: nothing cosigned yet).
+    """
+    for path in reversed(checkpoint_files(directory) if directory.is_dir() else []):
+        note = read_checkpoint(path).note
+        for line in cosignatures_by(note, cosigner):
+            try:
+                verify_cosignature(note, line, cosigner)
+            except VerificationError:
+                continue
+            return int(path.name.removesuffix(CHECKPOINT_SUFFIX))
+    return None
 
 
 def add_cosignature(

@@ -55,6 +55,7 @@ from fedtwin.audit.checkpoint import (
     write_checkpoint,
 )
 from fedtwin.audit.entries import (
+    EntryError,
     check_chain,
     checkpoints_dir_of,
     log_file,
@@ -162,12 +163,12 @@ class AuditLog:
     ) -> tuple[AuditLog, bytes | None]:
         data = path.read_bytes()
         content = split_lines(data)
-        if content.partial is not None:
-            os.ftruncate(fd, len(data) - len(content.partial))
-            os.fsync(fd)
         leaves = [leaf_hash(line) for line in content.lines]
-        parsed = parse_entries(content.lines)
-        check_chain(parsed.links, leaves)
+        try:
+            parsed = parse_entries(content.lines)
+            check_chain(parsed.links, leaves)
+        except EntryError as error:
+            raise VerificationError(f"{path}: {error}") from error
         if parsed.schema_error is not None:
             index, reason = parsed.schema_error
             raise VerificationError(f"{path}: entry {index}: not an audit event ({reason})")
@@ -185,6 +186,10 @@ class AuditLog:
                     f"{path}: the log no longer matches its checkpoint of size {newest.size}"
                 )
             log._origin = newest.origin
+        if content.partial is not None:  # only once the complete lines are known to be sound
+            os.ftruncate(fd, len(data) - len(content.partial))
+            os.fsync(fd)
+            log._end = len(data) - len(content.partial)
         return log, content.partial
 
     @property

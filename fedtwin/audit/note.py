@@ -45,6 +45,28 @@ class NoteSignature:
         blob = base64.b64encode(self.key_id + self.signature).decode()
         return f"{EM_DASH} {self.name} {blob}\n"
 
+    @classmethod
+    def from_line(cls, line: str) -> NoteSignature:
+        """Parse one signature line (as :meth:`line` writes it; the newline is optional).
+
+        Raises
+        ------
+        VerificationError
+            If the line is not a well-formed signature line.
+        """
+        match = _SIGNATURE_LINE.fullmatch(line.removesuffix("\n"))
+        if not match:
+            raise VerificationError(f"malformed signature line {line[:60]!r}")
+        try:
+            blob = base64.b64decode(match.group(2), validate=True)
+        except binascii.Error as error:
+            raise VerificationError("signature is not base64") from error
+        if base64.b64encode(blob).decode() != match.group(2):
+            raise VerificationError("signature is not canonical base64")
+        if len(blob) < 5:
+            raise VerificationError("signature is too short")
+        return cls(match.group(1), blob[:4], blob[4:])
+
 
 @dataclass(frozen=True)
 class SignedNote:
@@ -91,21 +113,7 @@ def parse_note(data: bytes) -> SignedNote:
         raise VerificationError("note has no signature")
     if len(lines) > MAX_SIGNATURES:
         raise VerificationError(f"note has more than {MAX_SIGNATURES} signatures")
-    signatures = []
-    for line in lines:
-        match = _SIGNATURE_LINE.fullmatch(line)
-        if not match:
-            raise VerificationError(f"malformed signature line {line[:60]!r}")
-        try:
-            blob = base64.b64decode(match.group(2), validate=True)
-        except binascii.Error as error:
-            raise VerificationError("signature is not base64") from error
-        if base64.b64encode(blob).decode() != match.group(2):
-            raise VerificationError("signature is not canonical base64")
-        if len(blob) < 5:
-            raise VerificationError("signature is too short")
-        signatures.append(NoteSignature(match.group(1), blob[:4], blob[4:]))
-    return SignedNote(body, tuple(signatures))
+    return SignedNote(body, tuple(NoteSignature.from_line(line) for line in lines))
 
 
 def sign_note(text: str, signer: AuditSigner) -> NoteSignature:

@@ -135,9 +135,11 @@ def _load_checkpoints(
     origin = None
     for path in files:
         try:
-            signed = read_checkpoint(path)
+            signed = SignedCheckpoint.from_bytes(path.read_bytes())
+        except OSError as error:
+            return loaded, Failure(4, f"cannot read ({error.strerror})", checkpoint=path.name)
         except VerificationError as error:
-            return loaded, Failure(4, str(error).split(": ", 1)[-1], checkpoint=path.name)
+            return loaded, Failure(4, str(error), checkpoint=path.name)
         if f"{signed.checkpoint.size}.note" != path.name:
             return loaded, Failure(
                 4,

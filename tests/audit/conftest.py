@@ -29,14 +29,17 @@ from fedtwin.audit import (
     ConsentFiltered,
     Cosigner,
     ModelExported,
+    NoteSignature,
     PolicyDecision,
     RunFinished,
     RunStarted,
+    SignedCheckpoint,
     SiteJoined,
     UpdateReceived,
     UpdateRejected,
     UpdateSent,
     add_cosignature,
+    last_cosigned_size,
     write_verifier_key,
 )
 
@@ -217,11 +220,19 @@ def _checkpoint_and_cosign(
     signed = coordinator.checkpoint(signers["coordinator"], origin("coordinator"))
     head = signed.checkpoint
     for site in SITES:
-        last = cosigners[site].last_cosigned(head.origin)
-        proof = coordinator.consistency_proof(last.size, head.size) if last else []
-        cosignature = cosigners[site].cosign(signed, proof, signers["coordinator"].verifier_key)
+        site_key = signers[site].verifier_key
+        # Coordinator side: the note and a proof from what this site cosigned last go out ...
+        last = last_cosigned_size(coordinator.checkpoints_dir, site_key)
+        note, proof = (
+            signed.encode(),
+            coordinator.consistency_proof(last, head.size) if last else [],
+        )
+        # ... the site checks and cosigns what it received, and sends one line back ...
+        received = SignedCheckpoint.from_bytes(note)
+        line = cosigners[site].cosign(received, proof, signers["coordinator"].verifier_key).line()
+        # ... which the coordinator verifies and keeps in its checkpoint file.
         add_cosignature(
-            coordinator.checkpoints_dir, head.size, cosignature, signers[site].verifier_key
+            coordinator.checkpoints_dir, head.size, NoteSignature.from_line(line), site_key
         )
         for log in (coordinator, sites[site]):
             log.record(

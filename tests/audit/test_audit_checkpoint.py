@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fedtwin.audit import AuditSigner, Checkpoint, SignedCheckpoint, add_cosignature
 from fedtwin.audit.checkpoint import (
     checkpoint_files,
+    last_cosigned_size,
     read_checkpoint,
     sign_checkpoint,
     write_checkpoint,
@@ -139,3 +140,22 @@ def test_only_a_verifying_cosignature_is_stored(
     add_cosignature(tmp_path, 3, line, signers["site-a"].verifier_key)
     stored = read_checkpoint(tmp_path / "3.note")
     assert stored.note.signatures == (*signed.note.signatures, line)
+
+
+def test_a_cosignature_travels_as_one_line_and_the_newest_cosigned_size_is_found(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    site_a, site_b = signers["site-a"].verifier_key, signers["site-b"].verifier_key
+    for size in (3, 7):
+        write_checkpoint(
+            sign_checkpoint(Checkpoint("o", size, ROOT), signers["coordinator"]), tmp_path
+        )
+    assert last_cosigned_size(tmp_path, site_a) is None
+    text = read_checkpoint(tmp_path / "3.note").note.text
+    line = cosign_note(text, signers["site-a"], 5).line()
+    add_cosignature(tmp_path, 3, NoteSignature.from_line(line), site_a)
+    assert NoteSignature.from_line(line).line() == line
+    assert last_cosigned_size(tmp_path, site_a) == 3
+    assert last_cosigned_size(tmp_path, site_b) is None
+    with pytest.raises(VerificationError, match="malformed signature line"):
+        NoteSignature.from_line("— site-a not base64!")
