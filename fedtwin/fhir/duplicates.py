@@ -9,6 +9,7 @@ The first occurrence of an id is kept; every later line with the same id is a du
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,10 @@ class DuplicateIds:
         if type(resource_id) is str:
             self._hashes.append(hash(resource_id))
             self._lines.append(line)
+
+    def appenders(self) -> tuple[Callable[[int], None], Callable[[int], None]]:
+        """``(append_hash, append_line)`` for a hot loop: ``hash(id)`` and its line."""
+        return self._hashes.append, self._lines.append
 
     def duplicates(self, path: Path) -> list[tuple[int, int]]:
         """``(duplicate_line, first_line)`` pairs, in line order, confirmed by re-reading.

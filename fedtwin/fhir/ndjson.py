@@ -21,7 +21,7 @@ import importlib
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -132,7 +132,10 @@ def _open_binary(path: Path) -> BinaryIO:
 
 
 def iter_json_lines(
-    path: Path, resource_type: str | None = None
+    path: Path,
+    resource_type: str | None = None,
+    *,
+    on_file_problem: Callable[[ErrorClass, str], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any] | Rejection]]:
     """Yield ``(line, object_or_rejection)`` for every non-blank line of an NDJSON file.
 
@@ -142,6 +145,9 @@ def iter_json_lines(
         ``<Type>.ndjson`` or ``<Type>.ndjson.gz``.
     resource_type : str or None
         When given, an object whose ``resourceType`` differs is a rejection.
+    on_file_problem : Callable[[ErrorClass, str], None] or None
+        When given, called (instead of raising) for an unreadable or truncated file and for a
+        file without any record; it may raise to stop.
 
     Yields
     ------
@@ -151,21 +157,35 @@ def iter_json_lines(
     Raises
     ------
     IngestError
-        If the file cannot be opened or its gzip stream is truncated or corrupt (the
-        records before the damage have been yielded already).
+        Without ``on_file_problem``: if the file cannot be opened or its gzip stream is
+        truncated or corrupt (the records before the damage have been yielded already).
     """
-    line_no = 0
+    line_no = records = 0
+    problem: tuple[ErrorClass, str] | None = None
     try:
         with _open_binary(path) as handle:
             for raw in handle:
                 line_no += 1
                 if not raw.strip():
                     continue
+                records += 1
                 yield line_no, parse_line(raw, path, line_no, resource_type)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise IngestError(f"{path}: truncated gzip stream after line {line_no}") from exc
+        problem = (
+            ErrorClass.UNREADABLE_FILE,
+            f"{path}: truncated gzip stream after line {line_no}",
+        )
+        if on_file_problem is None:
+            raise IngestError(problem[1]) from exc
     except OSError as exc:
-        raise IngestError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+        problem = (ErrorClass.UNREADABLE_FILE, f"{path}: cannot read file ({exc.strerror or exc})")
+        if on_file_problem is None:
+            raise IngestError(problem[1]) from exc
+    if on_file_problem is not None:
+        if problem is not None:
+            on_file_problem(*problem)
+        if records == 0:
+            on_file_problem(ErrorClass.EMPTY_FILE, f"{path}: empty file (no resources)")
 
 
 def parse_line(

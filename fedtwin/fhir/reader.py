@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedtwin.errors import IngestError
-from fedtwin.fhir.assemble import Columns, PatientInfo, SeriesAssembler, check_duplicates
+from fedtwin.fhir.assemble import PatientInfo, PointSink, SeriesAssembler, check_duplicates
 from fedtwin.fhir.consents import consent_patient_id
 from fedtwin.fhir.duplicates import DuplicateIds
 from fedtwin.fhir.fastpath import ShapeCache
@@ -188,16 +188,9 @@ class _SiteReader:
     # -- file loop ---------------------------------------------------------------------------
 
     def _lines(self, resource_type: str) -> Iterator[tuple[int, dict[str, Any] | Rejection]]:
-        path = self.files[resource_type]
-        count = 0
-        try:
-            for item in iter_json_lines(path, resource_type):
-                count += 1
-                yield item
-        except IngestError as exc:
-            self.tally.file_problem(ErrorClass.UNREADABLE_FILE, str(exc))
-        if count == 0:
-            self.tally.file_problem(ErrorClass.EMPTY_FILE, f"{path}: empty file (no resources)")
+        return iter_json_lines(
+            self.files[resource_type], resource_type, on_file_problem=self.tally.file_problem
+        )
 
     def _reject(self, resource_type: str, cls: ErrorClass, line: int, reason: str) -> None:
         self.tally.reject(resource_type, Rejection(cls, self.files[resource_type], line, reason))
@@ -285,14 +278,14 @@ class _SiteReader:
         # and the repeated values (subject, time) go through dict caches.
         kind = "Observation"
         caches: dict[FhirVersion, ShapeCache] = {}
-        remember_id = self.duplicates[kind].add
+        remember_hash, remember_line = self.duplicates[kind].appenders()
         reject = self._reject
         choice = self.options.fhir_version
         fixed = None if choice == "auto" else FhirVersion(choice)
         r5_keys = r5_only_keys(kind)
         ref_cache = self._ref_cache
         time_cache = time_memo()
-        sinks: dict[tuple[str, Measure], Columns] = {}
+        sinks: dict[tuple[str, Measure], PointSink] = {}
         read = 0
         for line, obj in self._lines(kind):
             read += 1
@@ -310,7 +303,10 @@ class _SiteReader:
                     continue
                 plan = observation_plan(obj)
                 cache.learn(obj, plan)
-            remember_id(obj.get("id"), line)
+            resource_id = obj.get("id")
+            if type(resource_id) is str:
+                remember_hash(hash(resource_id))
+                remember_line(line)
             if type(plan) is Skip:
                 reject(kind, plan.error_class, line, plan.reason)
                 continue
@@ -353,9 +349,12 @@ class _SiteReader:
                 value = math.pi * value**3 / 6.0  # sphere of that diameter, cm3
             sink = sinks.get((patient, plan.measure))  # type: ignore[arg-type]
             if sink is None:
-                info = self.patients[patient]  # type: ignore[index]
-                sink = sinks[(patient, plan.measure)] = info.columns(plan.measure)  # type: ignore[index]
-            sink.add_point(when, value, line)  # type: ignore[arg-type]
+                columns = self.patients[patient].columns(plan.measure)  # type: ignore[index]
+                sink = sinks[(patient, plan.measure)] = columns.point_sink()  # type: ignore[index]
+            add_time, add_value, add_line = sink
+            add_time(when)  # type: ignore[arg-type]
+            add_value(value)
+            add_line(line)
         self.tally.read(kind, read)
 
     def _read_medications(self) -> None:
