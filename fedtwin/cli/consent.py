@@ -259,16 +259,24 @@ def policy(
         )
 
 
-def policy_consent_lines(
+def policy_consent_check(
     policy_path: Path,
     consents_by_patient: Mapping[str, Sequence[ParsedResource]],
     patient_ids: Sequence[str],
-    at: datetime,
+    at: str | None,
 ) -> list[str]:
     """What ``fedtwin site check --policy`` prints: patients the consents permit, per purpose.
 
     The request is the site policy's own: its trusted actors, the data classes of its twin
-    kinds, its data window at ``at`` and its regime. Counts only, no patient ids.
+    kinds, its data window at ``at`` (ISO 8601, default now) and its regime. Counts only, no
+    patient ids.
+
+    Raises
+    ------
+    ConfigError
+        If the policy cannot be loaded or ``at`` is not a date-time with offset.
+    IngestError
+        If a consent has an invalid code or period.
     """
     from fedtwin.consent import (
         TWIN_DATA_CLASSES,
@@ -280,9 +288,10 @@ def policy_consent_lines(
     )
 
     site = load_site_policy(policy_path)
+    moment = _instant(at, "--at") or datetime.now(UTC)
     records = consent_records(consents_by_patient)
     classes = sorted({c for kind in site.accepted_twin_kinds for c in TWIN_DATA_CLASSES[kind]})
-    window = site.data_window.interval(at)
+    window = site.data_window.interval(moment)
     lines = [f"consent under site policy {policy_path} ({policy_hash(site)}):"]
     for purpose in site.accepted_purposes:
         request = ConsentRequest(
@@ -293,9 +302,9 @@ def policy_consent_lines(
             data_to=window.end,
         )
         snapshot = evaluate_all(
-            records, request, at=at, regime=site.regime, patient_ids=patient_ids
+            records, request, at=moment, regime=site.regime, patient_ids=patient_ids
         )
-        enough = len(snapshot.permitted) >= site.min_eligible_patients_per_round
-        note = "" if enough else f" — below the site minimum {site.min_eligible_patients_per_round}"
+        minimum = site.min_eligible_patients_per_round
+        note = "" if len(snapshot.permitted) >= minimum else f" — below the site minimum {minimum}"
         lines.append(f"  {_summary(snapshot)}{note}")
     return lines

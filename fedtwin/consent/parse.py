@@ -69,7 +69,12 @@ def _is_resource_type(code: str) -> bool:
 
 def _codings(concepts: Iterable[Any] | None) -> list[Any]:
     """Flatten CodeableConcepts into their codings."""
-    return [coding for concept in concepts or () for coding in concept.coding or ()]
+    return [
+        coding
+        for concept in concepts or ()
+        if concept is not None
+        for coding in concept.coding or ()
+    ]
 
 
 def _verdict(code: str | None, element: str) -> Verdict:
