@@ -82,6 +82,13 @@ def check(
     min_cgm_readings: Annotated[
         int, typer.Option(help="glucose readings a patient needs to be usable")
     ] = 12,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="site policy (TOML): also count patients the consents permit"),
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="consent decision time, ISO 8601 (default: now)")
+    ] = None,
 ) -> None:
     """Validate a site's FHIR export: what will be used, what is rejected and why."""
     from pydantic import ValidationError
@@ -113,5 +120,12 @@ def check(
         typer.echo(report.model_dump_json(indent=2))
     else:
         _print_report(report)
+    if policy is not None:
+        from fedtwin.cli.consent import policy_consent_check
+
+        usable = [p.patient_id for p in export.patients] + [p.patient_id for p in export.oncology]
+        lines = policy_consent_check(policy, export.consents, usable, at)
+        # In --json mode stdout stays one JSON object: the consent counts go to stderr.
+        typer.echo("\n".join(lines), err=json_output)
     if not report.usable:
         raise IngestError(f"{data}: no usable patient (see the counts above)")
