@@ -286,10 +286,9 @@ AuditEvent = Annotated[
     | ErrorRaised,
     Field(discriminator="type"),
 ]
-"""Any audit event; validate with :data:`EVENT_ADAPTER` (or :data:`EVENTS_ADAPTER` for many)."""
+"""Any audit event; validate with :data:`EVENT_ADAPTER`."""
 
 EVENT_ADAPTER: TypeAdapter[AuditEvent] = TypeAdapter(AuditEvent)
-EVENTS_ADAPTER: TypeAdapter[list[AuditEvent]] = TypeAdapter(list[AuditEvent])
 
 EVENT_TYPES: dict[str, type[BaseModel]] = {
     model.model_fields["type"].default: model

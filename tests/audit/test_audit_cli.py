@@ -79,10 +79,7 @@ def test_verify_unusable_input_exits_2_with_one_line(run: Any, tmp_path: Path) -
     cases = [
         (["verify", tmp_path / "none.audit.jsonl", "--key", key], "cannot read audit log"),
         (["verify", run.log("coordinator"), "--key", "not-a-key"], "verifier key"),
-        (["verify", run.log("coordinator"), "--key", key, "--checkpoints", tmp_path / "x"],
-         "no such checkpoints folder"),
         (["prove", run.log("coordinator")], "--index"),
-        (["prove", run.log("coordinator"), "--index", "99"], "the log has 22 entries"),
     ]  # fmt: skip
     for args, says in cases:
         result = _run(*args, cwd=tmp_path)
@@ -96,9 +93,6 @@ def test_root_prints_the_checkpointed_size_and_root(run: Any, tmp_path: Path) ->
     size, root = result.stdout.split()
     head = read_checkpoint(run.checkpoints("coordinator") / "22.note").checkpoint
     assert (int(size), bytes.fromhex(root)) == (head.size, head.root)
-    result = _run("root", run.log("coordinator"), "--size", "12", cwd=tmp_path)
-    head = read_checkpoint(run.checkpoints("coordinator") / "12.note").checkpoint
-    assert result.stdout.split() == ["12", head.root.hex()]
 
 
 def test_prove_prints_proofs_that_verify_against_the_checkpoints(
