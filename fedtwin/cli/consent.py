@@ -141,7 +141,7 @@ def evaluate(
         str | None, typer.Option(help="start of the data used (default: unbounded)")
     ] = None,
     data_to: Annotated[
-        str | None, typer.Option(help="end of the data used (default: unbounded)")
+        str | None, typer.Option(help="end of the data used (default: the decision time)")
     ] = None,
     fhir_version: Annotated[
         str, typer.Option(help="auto (R5 where a resource carries R5-only elements), R4B or R5")
@@ -176,7 +176,8 @@ def evaluate(
             actors=tuple(actor or ()),
             data_classes=tuple(data_class) if data_class else TRAINING_RESOURCE_TYPES,
             data_from=_instant(data_from, "--data-from"),
-            data_to=_instant(data_to, "--data-to"),
+            # No record is newer than the decision time: the window ends there by default.
+            data_to=_instant(data_to, "--data-to") or moment,
         )
     except ValidationError as error:
         first = error.errors()[0]
