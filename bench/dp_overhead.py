@@ -20,7 +20,7 @@ import torch
 from fedtwin.cohorts import AgeGroup, names_in_group, simulate_cohort
 from fedtwin.privacy import DpSgdConfig, train_private_round
 from fedtwin.privacy.engine import GradSampleMode
-from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig
+from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, PatientBatch
 from fedtwin.twins.training import PatientWindowDataset, train_non_private
 
 
@@ -41,14 +41,18 @@ def main() -> None:
     cohort = simulate_cohort(names, days=1.0, seed=0)
 
     def dataset() -> PatientWindowDataset:
-        return PatientWindowDataset(
+        batch = PatientBatch.from_arrays(
+            cohort.patient_names,
             cohort.cgm_mg_dl,
             cohort.insulin_u,
             cohort.carbs_g,
+            None,
+            None,
             twin.history_steps,
             twin.horizon_steps,
-            torch.Generator().manual_seed(0),
-            windows_per_patient=args.windows_per_patient,
+        )
+        return PatientWindowDataset(
+            batch, torch.Generator().manual_seed(0), args.windows_per_patient
         )
 
     def time_private(mode: GradSampleMode) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 
 from fedtwin.cohorts import CohortSeries, names_in_group, simulate_cohort
 from fedtwin.cohorts.population import AgeGroup
+from fedtwin.twins import GlucoseTwinConfig, PatientBatch
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,33 @@ def adult_cohort() -> CohortSeries:
     """80 virtual adults (the 10 published subjects, 8 lives each), 1 day, seed 7."""
     names = [n for n in names_in_group(AgeGroup.ADULT) for _ in range(8)]
     return simulate_cohort(names, days=1.0, seed=7)
+
+
+def _cohort_batch(
+    cohort: CohortSeries, rows: Sequence[int], twin: GlucoseTwinConfig, steps: int | None = None
+) -> PatientBatch:
+    """Rows of a simulated cohort (optionally its first ``steps`` bins) as a patient batch."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    cut = slice(None, steps)
+    return PatientBatch.from_arrays(
+        [cohort.patient_names[i] for i in index.tolist()],
+        cohort.cgm_mg_dl[index, cut],
+        cohort.insulin_u[index, cut],
+        cohort.carbs_g[index, cut],
+        None,
+        None,
+        twin.history_steps,
+        twin.horizon_steps,
+    )
+
+
+CohortBatch = Callable[..., PatientBatch]
+
+
+@pytest.fixture(scope="session")
+def cohort_batch() -> CohortBatch:
+    """Builds a patient batch from rows of a simulated cohort (see ``_cohort_batch``)."""
+    return _cohort_batch
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from fedtwin.privacy import (
     poisson_sample_rate,
     train_private_round,
 )
-from fedtwin.twins import GlucoseTwin, all_windows, forecast_metrics
+from fedtwin.twins import GlucoseTwin, PatientBatch, all_windows, forecast_metrics
 from fedtwin.twins.training import PatientWindowDataset
 
 RUN_CONFIG_KEY = "run-config"
@@ -166,15 +166,17 @@ def _train(msg: Message, context: Context, site: SiteConfig) -> Message:
 
     # (3): patient-level DP-SGD.
     generator = _round_generator(site, run_id, server_round)
-    dataset = PatientWindowDataset(
+    batch = PatientBatch.from_arrays(
+        series.patient_names,
         series.cgm_mg_dl,
         series.insulin_u,
         series.carbs_g,
+        None,
+        None,
         run.twin.history_steps,
         run.twin.horizon_steps,
-        generator,
-        windows_per_patient=run.dp.windows_per_patient,
     )
+    dataset = PatientWindowDataset(batch, generator, run.dp.windows_per_patient)
     result = train_private_round(model, dataset, noise_multiplier, run.dp, generator)
     spent = planned.model_copy(
         update={

@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from fedtwin.twins.glucose import GlucoseTwin, gaussian_nll
-from fedtwin.twins.windows import ForecastWindows, cut_windows, valid_anchor_range
+from fedtwin.twins.records import PatientBatch
+from fedtwin.twins.windows import ForecastWindows, cut_windows
 
 WindowItem = tuple[Tensor, Tensor, Tensor]
 
@@ -26,14 +27,14 @@ WindowItem = tuple[Tensor, Tensor, Tensor]
 class PatientWindowDataset(Dataset[WindowItem]):
     """One item per patient; item ``i`` is ``k`` fresh random windows of patient ``i``.
 
-    Item shapes: history ``[k, 3, L]``, plan ``[k, 2, H]``, target ``[k, H]``.
+    Item shapes: history ``[k, 3, L]``, plan ``[k, 2, H]``, target ``[k, H]``. Windows are
+    cut only at the patient's valid anchors (:class:`~fedtwin.twins.records.PatientBatch`).
 
     Parameters
     ----------
-    cgm_mg_dl, insulin_u, carbs_g : Tensor
-        ``[P, T]`` series of the site's training patients on the 5-minute grid.
-    history_steps, horizon_steps : int
-        Window lengths.
+    batch : PatientBatch
+        The site's training patients; every one needs at least ``k`` valid anchors
+        (:func:`usable_rows` finds them).
     generator : torch.Generator
         Source of the window positions (seeded for reproducible runs).
     windows_per_patient : int, default 1
@@ -42,49 +43,52 @@ class PatientWindowDataset(Dataset[WindowItem]):
     """
 
     def __init__(
-        self,
-        cgm_mg_dl: Tensor,
-        insulin_u: Tensor,
-        carbs_g: Tensor,
-        history_steps: int,
-        horizon_steps: int,
-        generator: torch.Generator,
-        windows_per_patient: int = 1,
+        self, batch: PatientBatch, generator: torch.Generator, windows_per_patient: int = 1
     ) -> None:
-        anchors = valid_anchor_range(int(cgm_mg_dl.shape[1]), history_steps, horizon_steps)
         if windows_per_patient < 1:
             raise ValueError("windows_per_patient must be >= 1")
-        if len(anchors) < windows_per_patient:
+        counts = batch.anchors_per_patient
+        if len(batch) and int(counts.min()) < windows_per_patient:
             raise ValueError(
-                f"series of {cgm_mg_dl.shape[1]} steps are too short for {windows_per_patient}"
-                f" windows of {history_steps}+{horizon_steps} steps"
+                f"every patient needs at least {windows_per_patient} valid windows "
+                f"(select usable rows first)"
             )
-        self.cgm_mg_dl, self.insulin_u, self.carbs_g = cgm_mg_dl, insulin_u, carbs_g
-        self.history_steps, self.horizon_steps = history_steps, horizon_steps
-        self.anchors = anchors
+        self.batch = batch
         self.generator = generator
         self.windows_per_patient = windows_per_patient
-        edges = torch.linspace(0, len(anchors), windows_per_patient + 1)
-        self._stratum_start = edges[:-1].floor().long()
-        self._stratum_width = (edges[1:].floor().long() - self._stratum_start).clamp_min(1)
+        # Each patient's valid anchors, left-aligned in a padded [P, max] table.
+        self._counts = counts
+        width = int(counts.max()) if len(batch) else 0
+        self._anchors = torch.zeros(len(batch), width, dtype=torch.long)
+        for row in range(len(batch)):
+            positions = torch.nonzero(batch.valid_anchor[row]).flatten()
+            self._anchors[row, : len(positions)] = positions
 
     def __len__(self) -> int:
-        return int(self.cgm_mg_dl.shape[0])
+        return len(self.batch)
 
     def __getitem__(self, patient: int) -> WindowItem:
         k = self.windows_per_patient
+        count = int(self._counts[patient])
+        edges = torch.div(torch.arange(k + 1) * count, k, rounding_mode="floor")
         uniform = torch.rand(k, generator=self.generator, dtype=torch.float64)
-        offsets = self._stratum_start + (uniform * self._stratum_width).long()
+        offsets = edges[:-1] + (uniform * (edges[1:] - edges[:-1])).long()
         windows = cut_windows(
-            self.cgm_mg_dl,
-            self.insulin_u,
-            self.carbs_g,
+            self.batch.cgm_mg_dl,
+            self.batch.insulin_u,
+            self.batch.carbs_g,
             torch.full((k,), patient),
-            self.anchors.start + offsets,
-            self.history_steps,
-            self.horizon_steps,
+            self._anchors[patient, offsets],
+            self.batch.history_steps,
+            self.batch.horizon_steps,
         )
         return windows.history, windows.plan, windows.target_mg_dl
+
+
+def usable_rows(batch: PatientBatch, windows_per_patient: int = 1) -> list[int]:
+    """Rows of patients with at least ``windows_per_patient`` valid windows."""
+    enough = batch.anchors_per_patient >= windows_per_patient
+    return torch.nonzero(enough).flatten().tolist()
 
 
 def as_windows(batch: Iterable[Tensor]) -> ForecastWindows:

@@ -15,9 +15,13 @@ No glucose value after ``t`` ever enters the history or the plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from fedtwin.twins.records import PatientBatch
 
 HISTORY_CHANNELS = ("cgm_mg_dl", "insulin_u", "carbs_g")
 PLAN_CHANNELS = ("insulin_u", "carbs_g")
@@ -121,3 +125,23 @@ def all_windows(
         history_steps,
         horizon_steps,
     )
+
+
+def batch_windows(batch: PatientBatch, stride: int = 1) -> ForecastWindows:
+    """Every valid window of every patient whose anchor is a multiple of ``stride``."""
+    patients, anchors = torch.nonzero(batch.valid_anchor, as_tuple=True)
+    keep = anchors % stride == 0
+    return cut_windows(
+        batch.cgm_mg_dl,
+        batch.insulin_u,
+        batch.carbs_g,
+        patients[keep],
+        anchors[keep],
+        batch.history_steps,
+        batch.horizon_steps,
+    )
+
+
+def windows_per_patient(batch: PatientBatch, stride: int = 1) -> list[ForecastWindows]:
+    """:func:`batch_windows` split by patient (row order), for patient-level scores."""
+    return [batch_windows(batch.select([row]), stride) for row in range(len(batch))]

@@ -1,4 +1,5 @@
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,29 +19,29 @@ from fedtwin.privacy import (
     train_private_round,
 )
 from fedtwin.privacy.engine import make_private_training
-from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, gaussian_nll
+from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, PatientBatch, gaussian_nll
 from fedtwin.twins.training import PatientWindowDataset, as_windows
 
 TWIN = GlucoseTwinConfig(history_steps=24, horizon_steps=12, channels=8, dilations=(1, 2, 4))
 PACKAGE = Path(__file__).resolve().parents[2] / "fedtwin"
 
 
-def _dataset(cohort: CohortSeries, generator: torch.Generator, rows: int = 40, k: int = 3):
-    return PatientWindowDataset(
-        cohort.cgm_mg_dl[:rows],
-        cohort.insulin_u[:rows],
-        cohort.carbs_g[:rows],
-        TWIN.history_steps,
-        TWIN.horizon_steps,
-        generator,
-        windows_per_patient=k,
-    )
+def _dataset(
+    cohort_batch: Callable[..., PatientBatch],
+    cohort: CohortSeries,
+    generator: torch.Generator,
+    rows: int = 40,
+    k: int = 3,
+) -> PatientWindowDataset:
+    return PatientWindowDataset(cohort_batch(cohort, range(rows), TWIN), generator, k)
 
 
 def test_opacus_engine_is_attached_with_poisson_sampling_of_patients(
-    adult_cohort: CohortSeries, generator: torch.Generator
+    cohort_batch: Callable[..., PatientBatch],
+    adult_cohort: CohortSeries,
+    generator: torch.Generator,
 ) -> None:
-    dataset = _dataset(adult_cohort, generator)
+    dataset = _dataset(cohort_batch, adult_cohort, generator)
     private = make_private_training(
         GlucoseTwin(TWIN), dataset, 1.0, DpSgdConfig(expected_batch_patients=10), generator
     )
@@ -58,9 +59,11 @@ def test_opacus_engine_is_attached_with_poisson_sampling_of_patients(
 
 
 def test_each_dataset_item_is_k_windows_of_that_patient_only(
-    adult_cohort: CohortSeries, generator: torch.Generator
+    cohort_batch: Callable[..., PatientBatch],
+    adult_cohort: CohortSeries,
+    generator: torch.Generator,
 ) -> None:
-    dataset = _dataset(adult_cohort, generator, k=4)
+    dataset = _dataset(cohort_batch, adult_cohort, generator, k=4)
     history, plan, target = dataset[5]
     assert history.shape == (4, 3, 24) and plan.shape == (4, 2, 12) and target.shape == (4, 12)
     row = adult_cohort.cgm_mg_dl[5]
@@ -90,7 +93,10 @@ def test_per_patient_gradients_are_clipped_to_the_norm(
     cgm = 120 + input_scale * torch.randn(6, 60, generator=generator)
     insulin = torch.rand(6, 60, generator=generator) * input_scale
     carbs = torch.rand(6, 60, generator=generator) * input_scale
-    dataset = PatientWindowDataset(cgm, insulin, carbs, 24, 12, generator, windows_per_patient=3)
+    batch = PatientBatch.from_arrays(
+        [f"p{i}" for i in range(6)], cgm, insulin, carbs, None, None, 24, 12
+    )
+    dataset = PatientWindowDataset(batch, generator, windows_per_patient=3)
     torch.manual_seed(seed)
     model = GlucoseTwin(TWIN)
     for parameter in model.parameters():
@@ -120,11 +126,14 @@ def test_per_patient_gradients_are_clipped_to_the_norm(
 
 @pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
 def test_clipped_sum_equals_a_naive_per_patient_loop(
-    mode: str, adult_cohort: CohortSeries, generator: torch.Generator
+    cohort_batch: Callable[..., PatientBatch],
+    mode: str,
+    adult_cohort: CohortSeries,
+    generator: torch.Generator,
 ) -> None:
     # The exactness check of every fast path: the gradient Opacus applies (noise switched
     # off) against one plain backward pass per patient of its own k windows, clipped, summed.
-    dataset = _dataset(adult_cohort, generator, rows=12, k=3)
+    dataset = _dataset(cohort_batch, adult_cohort, generator, rows=12, k=3)
     torch.manual_seed(3)
     model = GlucoseTwin(TWIN)
     for parameter in model.parameters():
@@ -160,9 +169,11 @@ def test_clipped_sum_equals_a_naive_per_patient_loop(
 
 
 def test_epsilon_grows_over_rounds_and_matches_a_fresh_accountant(
-    adult_cohort: CohortSeries, generator: torch.Generator
+    cohort_batch: Callable[..., PatientBatch],
+    adult_cohort: CohortSeries,
+    generator: torch.Generator,
 ) -> None:
-    dataset = _dataset(adult_cohort, generator)
+    dataset = _dataset(cohort_batch, adult_cohort, generator)
     model = GlucoseTwin(TWIN)
     config = DpSgdConfig(local_steps=4, expected_batch_patients=10, accountant="rdp")
     spent: list[MechanismSteps] = []
@@ -185,9 +196,11 @@ def test_epsilon_grows_over_rounds_and_matches_a_fresh_accountant(
 
 
 def test_training_changes_the_model_and_adds_noise(
-    adult_cohort: CohortSeries, generator: torch.Generator
+    cohort_batch: Callable[..., PatientBatch],
+    adult_cohort: CohortSeries,
+    generator: torch.Generator,
 ) -> None:
-    dataset = _dataset(adult_cohort, generator)
+    dataset = _dataset(cohort_batch, adult_cohort, generator)
     torch.manual_seed(0)
     first, second = GlucoseTwin(TWIN), GlucoseTwin(TWIN)
     second.load_state_dict(first.state_dict())

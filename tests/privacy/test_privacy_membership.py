@@ -1,5 +1,5 @@
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from fedtwin.privacy.membership import (
     loss_threshold_attack,
     roc_summary,
 )
-from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, all_windows
+from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, PatientBatch, all_windows
 from fedtwin.twins.training import PatientWindowDataset, train_non_private
 
 TWIN = GlucoseTwinConfig(history_steps=24, horizon_steps=6, channels=48, dilations=(1, 2, 4))
@@ -44,19 +44,19 @@ def _patients(cohort: CohortSeries, rows: range) -> list:
     ]
 
 
-def _overfit(cohort: CohortSeries, rows: list[int], steps: int, seed: int) -> GlucoseTwin:
+def _overfit(
+    cohort_batch: Callable[..., PatientBatch],
+    cohort: CohortSeries,
+    rows: list[int],
+    steps: int,
+    seed: int,
+) -> GlucoseTwin:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = GlucoseTwin(TWIN)
     index = torch.tensor(rows)
     dataset = PatientWindowDataset(
-        cohort.cgm_mg_dl[index, :STEPS],
-        cohort.insulin_u[index, :STEPS],
-        cohort.carbs_g[index, :STEPS],
-        TWIN.history_steps,
-        TWIN.horizon_steps,
-        generator,
-        windows_per_patient=8,
+        cohort_batch(cohort, index.tolist(), TWIN, steps=STEPS), generator, windows_per_patient=8
     )
     train_non_private(model, dataset, steps, len(rows), 1e-2, generator)
     return model
@@ -92,9 +92,10 @@ def test_dp_bound_is_exp_epsilon_fpr_plus_delta_capped_at_one(
 @pytest.mark.slow
 def test_loss_attack_finds_members_of_an_overfitted_twin_but_not_of_an_untrained_one(
     adult_cohort: CohortSeries,
+    cohort_batch: Callable[..., PatientBatch],
 ) -> None:
     members, non_members = [0, 8, 16, 24], range(40, 80)
-    overfitted = _overfit(adult_cohort, members, steps=300, seed=0)
+    overfitted = _overfit(cohort_batch, adult_cohort, members, steps=300, seed=0)
     strong = loss_threshold_attack(
         overfitted, _patients(adult_cohort, members), _patients(adult_cohort, non_members)
     )
@@ -108,14 +109,17 @@ def test_loss_attack_finds_members_of_an_overfitted_twin_but_not_of_an_untrained
 @pytest.mark.slow
 def test_offline_lira_ranks_members_above_non_members_with_shadow_models(
     adult_cohort: CohortSeries,
+    cohort_batch: Callable[..., PatientBatch],
 ) -> None:
     member_rows, non_member_rows = [0, 8, 16, 24], [41, 49, 57, 65, 73, 42]
     pool_rows = member_rows + non_member_rows
-    target = _overfit(adult_cohort, member_rows, steps=300, seed=0)
+    target = _overfit(cohort_batch, adult_cohort, member_rows, steps=300, seed=0)
 
     def shadow(indices: list[int], generator: torch.Generator) -> GlucoseTwin:
         seed = int(torch.randint(10_000, (1,), generator=generator))
-        return _overfit(adult_cohort, [pool_rows[i] for i in indices], steps=300, seed=seed)
+        return _overfit(
+            cohort_batch, adult_cohort, [pool_rows[i] for i in indices], steps=300, seed=seed
+        )
 
     result = lira_offline_attack(
         target,

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -8,6 +10,7 @@ from fedtwin.cohorts import CohortSeries
 from fedtwin.twins import (
     GlucoseTwin,
     GlucoseTwinConfig,
+    PatientBatch,
     all_windows,
     cut_windows,
     forecast_metrics,
@@ -121,19 +124,13 @@ def test_windows_side_by_side_give_exactly_the_per_window_forecast(seed: int, wi
 
 def test_non_private_training_on_one_site_beats_persistence_at_30_min(
     adult_cohort: CohortSeries,
+    cohort_batch: Callable[..., PatientBatch],
 ) -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    train_rows, test_rows = slice(0, 64), slice(64, 80)
-    dataset = PatientWindowDataset(
-        adult_cohort.cgm_mg_dl[train_rows],
-        adult_cohort.insulin_u[train_rows],
-        adult_cohort.carbs_g[train_rows],
-        CONFIG.history_steps,
-        CONFIG.horizon_steps,
-        generator,
-        windows_per_patient=4,
-    )
+    test_rows = slice(64, 80)
+    batch = cohort_batch(adult_cohort, range(0, 64), CONFIG)
+    dataset = PatientWindowDataset(batch, generator, windows_per_patient=4)
     model = GlucoseTwin(CONFIG)
     train_non_private(
         model, dataset, steps=300, batch_size=32, learning_rate=3e-3, generator=generator
