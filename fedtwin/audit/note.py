@@ -132,7 +132,10 @@ def verify_note(note: SignedNote, key: VerifierKey) -> None:
     """
     mine = [s for s in note.signatures if s.name == key.name and s.key_id == key.key_id]
     if not mine:
-        raise VerificationError(f"no signature by {key.name} (key id {key.key_id.hex()})")
+        present = ", ".join(sorted({s.name for s in note.signatures}))
+        raise VerificationError(
+            f"no signature by {key.name} (key id {key.key_id.hex()}); signed by {present}"
+        )
     message = note.text.encode("utf-8")
     for signature in mine:
         if not key.verifies(message, signature.signature):
