@@ -22,11 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedtwin.audit.events import ConsentFiltered, PolicyDecision
 from fedtwin.consent.codes import PURPOSE_CODES, purpose_subsumes
 from fedtwin.consent.evaluate import ConsentSnapshot, evaluate_all
 from fedtwin.consent.model import ConsentRecord, ConsentRequest, actor_key
@@ -40,6 +39,9 @@ from fedtwin.consent.policy import (
 )
 from fedtwin.errors import ConsentDenied
 from fedtwin.fhir import ParsedResource, pseudonym
+
+if TYPE_CHECKING:  # the audit package is imported when an event is built, not before
+    from fedtwin.audit.events import ConsentFiltered, PolicyDecision
 
 
 class RunRequest(BaseModel):
@@ -88,6 +90,8 @@ class RunCheck:
         self, *, site_id: str, time: datetime, run_id: str, round: int
     ) -> PolicyDecision:
         """The ``policy_decision`` event of this check."""
+        from fedtwin.audit.events import PolicyDecision
+
         reasons = tuple(r.line() for r in self.refusals) or (
             f"run-accepted: consortium policy {self.consortium_policy_hash}",
         )
@@ -143,6 +147,8 @@ class EligibilitySnapshot:
         self, *, site_id: str, time: datetime, run_id: str, round: int
     ) -> ConsentFiltered:
         """The ``consent_filtered`` event of this snapshot."""
+        from fedtwin.audit.events import ConsentFiltered
+
         return ConsentFiltered(
             actor=site_id,
             time=time,
@@ -205,6 +211,8 @@ class RoundAdmission:
         self, *, site_id: str, time: datetime, run_id: str, round: int
     ) -> list[PolicyDecision | ConsentFiltered]:
         """``policy_decision`` (run), then ``consent_filtered`` and ``policy_decision`` (cohort)."""
+        from fedtwin.audit.events import PolicyDecision
+
         events: list[PolicyDecision | ConsentFiltered] = [
             self.check.audit_event(site_id=site_id, time=time, run_id=run_id, round=round)
         ]

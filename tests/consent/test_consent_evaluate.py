@@ -283,7 +283,7 @@ _REQUESTS = st.builds(
     st.sampled_from(_PURPOSES),
     st.sampled_from(((CONSORTIUM,), (OTHER,), ())),
 )
-_PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_PROPERTY
