@@ -35,6 +35,7 @@ from fedtwin.consent.policy import (
     load_consortium_policy,
     load_site_policy,
     policy_hash,
+    policy_toml,
 )
 from fedtwin.consent.synthetic import (
     DEFAULT_MIX,
@@ -73,6 +74,7 @@ __all__ = [
     "load_consortium_policy",
     "load_site_policy",
     "policy_hash",
+    "policy_toml",
     "record_from_json",
     "synthetic_consents",
 ]

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -233,3 +234,32 @@ def load_consortium_policy(path: Path) -> ConsortiumPolicy:
         ``<file>: <field>: <what>`` when the file cannot be read or is not a valid policy.
     """
     return _load(path, ConsortiumPolicy)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string is JSON-compatible
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to a policy document")
+
+
+def policy_toml(policy: SitePolicy | ConsortiumPolicy, header: str = "") -> str:
+    """The policy as a TOML document that :func:`load_site_policy` etc. read back equal.
+
+    ``header`` lines are written as comments first (e.g. who generated the document).
+    """
+    document = policy.model_dump(mode="json", exclude_none=True)
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    tables = {key: value for key, value in document.items() if isinstance(value, dict)}
+    lines += [
+        f"{key} = {_toml_value(value)}" for key, value in document.items() if key not in tables
+    ]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"

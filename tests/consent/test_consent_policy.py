@@ -117,3 +117,20 @@ def test_policies_are_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         site.regime = Regime.OPT_OUT  # type: ignore[misc]
     assert isinstance(site, SitePolicy) and not isinstance(site, ConsortiumPolicy)
+
+
+def test_policy_toml_reads_back_equal_with_the_same_hash(tmp_path: Path) -> None:
+    from fedtwin.consent import load_consortium_policy, load_site_policy, policy_hash, policy_toml
+
+    for name, load in (
+        ("site-opt-in-research.toml", load_site_policy),
+        ("site-opt-out.toml", load_site_policy),
+        ("consortium.toml", load_consortium_policy),
+    ):
+        original = load(POLICIES / name)
+        written = tmp_path / name
+        written.write_text(policy_toml(original, header="generated\nfor a test"))
+        again = load(written)
+        assert again == original
+        assert policy_hash(again) == policy_hash(original)
+        assert written.read_text().startswith("# generated\n# for a test\n")
