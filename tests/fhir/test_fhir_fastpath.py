@@ -107,7 +107,7 @@ def cache() -> ShapeCache:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(leaves=st.fixed_dictionaries(LEAVES))
 def test_fast_path_agrees_with_full_validation_on_variable_leaves(
@@ -126,7 +126,7 @@ def test_fast_path_agrees_with_full_validation_on_variable_leaves(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     path=st.sampled_from(

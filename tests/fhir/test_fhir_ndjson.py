@@ -156,7 +156,7 @@ def mutated_observation(draw: st.DrawFn) -> str:
     return line
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(mutated_observation(), min_size=1, max_size=4))
 def test_any_malformed_line_is_an_ingest_error_or_counted_never_a_crash(
     lines: list[str],
