@@ -55,6 +55,12 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+#: JSON string literal of a str, exactly as ``_dumps`` writes it (C-accelerated).
+_json_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
+    json.encoder.py_encode_basestring
+)
+
+
 @dataclass(frozen=True, eq=False)
 class GlucoseHistory:
     """One diabetes patient as plain arrays on a regular grid.
@@ -184,6 +190,7 @@ class _ExportWriter:
         self.version = FhirVersion(options.fhir_version)
         self.handles: dict[str, IO[str]] = {}
         self.counts = dict.fromkeys(_FILES, 0)
+        self._fragments: dict[tuple[object, ...], tuple[str, str, str]] = {}
         suffix = ".ndjson.gz" if options.gzip else ".ndjson"
         for name in _FILES:
             path = folder / f"{name}{suffix}"
@@ -233,6 +240,11 @@ class _ExportWriter:
         quantity: dict[str, Any],
         category: str | None,
     ) -> None:
+        if set(quantity) == {"value", "unit", "system", "code"} and isinstance(
+            quantity["value"], float
+        ):
+            self._observation_line(subject, code, display, when, quantity, category)
+            return
         resource: dict[str, Any] = {"resourceType": "Observation", "status": "final"}
         if category is not None:
             resource["category"] = [{"coding": [{"system": _CATEGORY, "code": category}]}]
@@ -241,6 +253,50 @@ class _ExportWriter:
         resource["effectiveDateTime"] = when
         resource["valueQuantity"] = quantity
         self.emit("Observation", resource)
+
+    def _observation_line(
+        self,
+        subject: str,
+        code: str,
+        display: str,
+        when: str,
+        quantity: dict[str, Any],
+        category: str | None,
+    ) -> None:
+        """The same bytes as :meth:`observation` + :meth:`emit`, from cached fragments.
+
+        Only the id, the time and the value change between a patient's readings; formatting
+        every reading through ``json.dumps`` of a fresh dict was most of the writer's time.
+        """
+        key = (subject, code, display, category, quantity["unit"], quantity["code"])
+        fragments = self._fragments.get(key)
+        if fragments is None:
+            resource: dict[str, Any] = {"status": "final"}
+            if category is not None:
+                resource["category"] = [{"coding": [{"system": _CATEGORY, "code": category}]}]
+            resource["code"] = {"coding": [{"system": LOINC, "code": code, "display": display}]}
+            resource["subject"] = {"reference": subject}
+            middle = _dumps(resource)[1:-1]
+            unit = _dumps(quantity["unit"])
+            tail = f',"unit":{unit},"system":{_dumps(quantity["system"])},'
+            tail += f'"code":{_dumps(quantity["code"])}}}}}\n'
+            fragments = (
+                f'","{middle[1:]},"effectiveDateTime":',
+                ',"valueQuantity":{"value":',
+                tail,
+            )
+            self._fragments = {key: fragments}  # one patient at a time: keep memory flat
+        self.counts["Observation"] += 1
+        head, value_head, tail = fragments
+        self.handles["Observation"].write(
+            '{"resourceType":"Observation","id":"observation-'
+            + str(self.counts["Observation"])
+            + head
+            + _json_string(when)
+            + value_head
+            + repr(quantity["value"])
+            + tail
+        )
 
     def administration(
         self,

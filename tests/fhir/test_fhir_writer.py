@@ -152,3 +152,19 @@ def test_an_existing_export_is_not_overwritten_by_default(tmp_path: Path) -> Non
 def test_patient_ids_must_be_fhir_ids(tmp_path: Path, bad_id: str) -> None:
     with pytest.raises(ConfigError, match="is not a FHIR id"):
         write_site(tmp_path / "site", [_history(10, bad_id)])
+
+
+@pytest.mark.parametrize("options", [ExportOptions(), ExportOptions(glucose_unit="mmol/L")])
+def test_fast_observation_lines_are_the_json_of_the_resource(
+    tmp_path: Path, options: ExportOptions
+) -> None:
+    # The writer formats Observations from cached fragments; each line must be exactly the
+    # compact JSON of the resource it stands for, keys in the documented order.
+    write_site(tmp_path / "site", [_history(3), _history(4, pid="p2")], options=options)
+    lines = (tmp_path / "site" / "Observation.ndjson").read_text().splitlines()
+    assert len(lines) > 400
+    for line in lines:
+        resource = json.loads(line)
+        assert json.dumps(resource, separators=(",", ":"), ensure_ascii=False) == line
+        assert list(resource)[:3] == ["resourceType", "id", "status"]
+        assert list(resource)[-2:] == ["effectiveDateTime", "valueQuantity"]
