@@ -19,7 +19,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     from fedtwin.fhir import IngestReport
 
-app = typer.Typer(help="A hospital site's commands: check its FHIR export.", no_args_is_help=True)
+app = typer.Typer(
+    help="A hospital site's commands: check its FHIR export, run its SuperNode.",
+    no_args_is_help=True,
+)
 console = Console(highlight=False, soft_wrap=True)
 
 
@@ -129,3 +132,84 @@ def check(
         typer.echo("\n".join(lines), err=json_output)
     if not report.usable:
         raise IngestError(f"{data}: no usable patient (see the counts above)")
+
+
+# Deployment (issue #7): the site's SuperNode over HTTPS with its authentication key.
+SiteConfigOption = Annotated[
+    Path, typer.Option("--config", help="the site config (client/site.toml: [site] and [node])")
+]
+DEFAULT_SITE_CONFIG = Path("client/site.toml")
+
+
+@app.command()
+def start(config: SiteConfigOption = DEFAULT_SITE_CONFIG) -> None:
+    """Start the site's SuperNode and wait until the coordinator admits it."""
+    from fedtwin.deploy import SiteNode
+
+    node = SiteNode(config)
+    with console.status(f"site {node.site_id}: connecting to {node.node.superlink}…"):
+        node_id = node.start()
+    executor = node.node.clientapp_executor
+    console.print(
+        f"[bold]{node.site_id}[/] joined {node.node.superlink} as node {node_id} "
+        f"(HTTPS, authenticated; ClientApp executor: {executor})"
+    )
+    console.print(f"logs: {node.supernode.log_path.parent}")
+
+
+@app.command()
+def stop(config: SiteConfigOption = DEFAULT_SITE_CONFIG) -> None:
+    """Stop the site's SuperNode (and its warm ClientApp executor)."""
+    from fedtwin.deploy import SiteNode
+
+    node = SiteNode(config)
+    console.print(f"{node.site_id}: " + ("stopped" if node.stop() else "was not running"))
+
+
+@app.command()
+def status(config: SiteConfigOption = DEFAULT_SITE_CONFIG) -> None:
+    """Whether the site's SuperNode runs, its node id, and the tasks it has run."""
+    from fedtwin.deploy import SiteNode
+    from fedtwin.errors import FederationError
+
+    report = SiteNode(config).status()
+    running = report.supernode.pid is not None
+    colour = "green" if running else "red"
+    console.print(
+        f"[bold]{report.site_id}[/] → {report.superlink}: "
+        f"[{colour}]{report.supernode.state.value}[/]"
+        + (f" (pid {report.supernode.pid})" if running else "")
+    )
+    if report.node_id is not None:
+        console.print(f"node id {report.node_id}; ClientApp tasks run: {report.tasks_run}")
+    if report.executor is not None:
+        console.print(f"warm executor: {report.executor.state.value}")
+    if not running:
+        raise FederationError(f"site {report.site_id}: its SuperNode is not running")
+
+
+@app.command()
+def logs(
+    config: SiteConfigOption = DEFAULT_SITE_CONFIG,
+    lines: Annotated[int, typer.Option(help="how many of the last lines")] = 40,
+) -> None:
+    """The last lines of the SuperNode's log."""
+    from fedtwin.deploy import SiteNode
+
+    for line in SiteNode(config).supernode.tail(lines):
+        console.print(line, markup=False)
+
+
+@app.command()
+def keygen(
+    site_id: Annotated[str, typer.Option(help="the site's id")],
+    out: Annotated[Path, typer.Option(help="folder for the keys (created 0700)")],
+) -> None:
+    """Generate the site's own SuperNode and audit keys; send only the .pub/.vkey files."""
+    from fedtwin.pki import generate_site_keys
+
+    bundle = generate_site_keys(out, site_id)
+    console.print(f"keys of {site_id} in {out} (private keys 0600, never leave this site)")
+    console.print(
+        f"send to the consortium: {bundle.supernode_public_key} and {bundle.verifier_key}"
+    )
