@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from fedtwin.cli import audit, consent, coordinator, pki, site
+from fedtwin.cli import audit, cohort, consent, coordinator, pki, site
 from fedtwin.errors import ConfigError, FedTwinError, IngestError
 
 EXIT_FAILURE = 1
@@ -28,6 +28,7 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 app.add_typer(audit.app, name="audit")
 app.add_typer(site.app, name="site")
 app.add_typer(consent.app, name="consent")
+app.add_typer(cohort.app, name="cohort")
 app.add_typer(pki.app, name="pki")
 app.add_typer(coordinator.app, name="coordinator")
 

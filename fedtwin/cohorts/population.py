@@ -2,9 +2,12 @@
 
 Invariant: a :class:`VirtualPatientParams` is a batch of ``B`` patients in which row ``i`` of
 every tensor (each model parameter, the therapy questionnaire values and ``initial_state``)
-belongs to ``names[i]``; values are the published ones, unmodified, in ``float64``. Batches
-are built only by :meth:`VirtualPatientParams.select`, which copies, so no batch aliases the
-cached tables or another batch.
+belongs to ``names[i]``; every tensor is ``float64`` with ``B`` rows (checked on
+construction). Published subjects come from :meth:`VirtualPatientParams.select` with their
+values unmodified; sampled subjects (:mod:`fedtwin.cohorts.virtual_population`) are built with
+the constructor. :meth:`~VirtualPatientParams.select`, :meth:`~VirtualPatientParams.take` and
+:meth:`~VirtualPatientParams.concat` copy, so no batch aliases the cached tables or another
+batch.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from fedtwin.errors import ConfigError
 
 #: Number of states of the UVA/Padova 2008 model.
 N_STATES = 13
-_STATE_COLUMNS = tuple(f"x0_{i}" for i in range(1, N_STATES + 1))
+#: Names of the initial-state columns of ``vpatient_params.csv``, in state order.
+STATE_COLUMNS = tuple(f"x0_{i}" for i in range(1, N_STATES + 1))
+_STATE_COLUMNS = STATE_COLUMNS
 _NON_PARAMETER_COLUMNS = ("i", "patient_history", *_STATE_COLUMNS)
 
 
@@ -127,6 +132,22 @@ class VirtualPatientParams:
     age_years: Tensor
     total_daily_insulin_u: Tensor
 
+    def __post_init__(self) -> None:
+        batch = len(self.names)
+        vectors = {
+            **self.params,
+            "carb_ratio_g_per_u": self.carb_ratio_g_per_u,
+            "correction_factor_mg_dl_per_u": self.correction_factor_mg_dl_per_u,
+            "age_years": self.age_years,
+            "total_daily_insulin_u": self.total_daily_insulin_u,
+        }
+        for key, value in vectors.items():
+            if tuple(value.shape) != (batch,) or value.dtype != torch.float64:
+                raise ConfigError(f"patient parameter {key!r} must be float64 of shape [{batch}]")
+        state = self.initial_state
+        if tuple(state.shape) != (batch, N_STATES) or state.dtype != torch.float64:
+            raise ConfigError(f"initial_state must be float64 of shape [{batch}, {N_STATES}]")
+
     @classmethod
     def select(cls, names: Sequence[str]) -> VirtualPatientParams:
         """Build the batch for a list of subject names.
@@ -182,6 +203,95 @@ class VirtualPatientParams:
             The full virtual population as one batch.
         """
         return cls.select(all_patient_names())
+
+    def take(self, rows: Sequence[int] | Tensor) -> VirtualPatientParams:
+        """Return a batch made of some rows of this one (copies).
+
+        Parameters
+        ----------
+        rows : Sequence[int] or torch.Tensor
+            Row indices, in the order wanted; repeats allowed.
+
+        Returns
+        -------
+        VirtualPatientParams
+            A batch with ``len(rows)`` rows.
+
+        Raises
+        ------
+        ConfigError
+            If ``rows`` is empty or out of range.
+        """
+        index = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
+        if index.numel() == 0:
+            raise ConfigError("a patient batch needs at least one row")
+        if bool(((index < 0) | (index >= self.batch_size)).any()):
+            raise ConfigError(f"row index out of range for a batch of {self.batch_size}")
+        return VirtualPatientParams(
+            names=tuple(self.names[i] for i in index.tolist()),
+            params=MappingProxyType({k: v[index].clone() for k, v in self.params.items()}),
+            initial_state=self.initial_state[index].clone(),
+            carb_ratio_g_per_u=self.carb_ratio_g_per_u[index].clone(),
+            correction_factor_mg_dl_per_u=self.correction_factor_mg_dl_per_u[index].clone(),
+            age_years=self.age_years[index].clone(),
+            total_daily_insulin_u=self.total_daily_insulin_u[index].clone(),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[VirtualPatientParams]) -> VirtualPatientParams:
+        """Stack batches into one, rows in the given order.
+
+        Parameters
+        ----------
+        batches : Sequence[VirtualPatientParams]
+            Batches with the same parameter names.
+
+        Returns
+        -------
+        VirtualPatientParams
+            One batch with the rows of all of them.
+
+        Raises
+        ------
+        ConfigError
+            If ``batches`` is empty or their parameter names differ.
+        """
+        if len(batches) == 0:
+            raise ConfigError("concat needs at least one batch")
+        keys = set(batches[0].params)
+        if any(set(b.params) != keys for b in batches):
+            raise ConfigError("cannot concat batches with different parameter names")
+        return cls(
+            names=tuple(n for b in batches for n in b.names),
+            params=MappingProxyType({k: torch.cat([b.params[k] for b in batches]) for k in keys}),
+            initial_state=torch.cat([b.initial_state for b in batches]),
+            carb_ratio_g_per_u=torch.cat([b.carb_ratio_g_per_u for b in batches]),
+            correction_factor_mg_dl_per_u=torch.cat(
+                [b.correction_factor_mg_dl_per_u for b in batches]
+            ),
+            age_years=torch.cat([b.age_years for b in batches]),
+            total_daily_insulin_u=torch.cat([b.total_daily_insulin_u for b in batches]),
+        )
+
+    def table(self) -> dict[str, Tensor]:
+        """Every per-patient value as one flat table (ground truth for exports).
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            Model parameters under their ``vpatient_params.csv`` names, the initial state as
+            ``x0_1`` … ``x0_13`` and the questionnaire values as ``CR``, ``CF``, ``Age`` and
+            ``TDI``; each ``float64`` ``[B]``, sorted by key.
+        """
+        values = dict(self.params)
+        values.update({c: self.initial_state[:, i] for i, c in enumerate(_STATE_COLUMNS)})
+        values.update(
+            CR=self.carb_ratio_g_per_u,
+            CF=self.correction_factor_mg_dl_per_u,
+            Age=self.age_years,
+            TDI=self.total_daily_insulin_u,
+        )
+        return {k: values[k].clone() for k in sorted(values)}
 
     def __len__(self) -> int:
         return len(self.names)

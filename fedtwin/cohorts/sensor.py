@@ -118,15 +118,62 @@ def cgm_noise_mg_dl(
     p = SensorParams() if params is None else params
     if batch_size < 1 or n_samples < 1:
         raise ConfigError("batch_size and n_samples must be positive")
-    sample_minutes = torch.arange(n_samples, dtype=torch.float64) * p.sample_time_min
-    n_grid = math.floor((n_samples - 1) * p.sample_time_min / p.noise_grid_min) + 2
+    n_grid = noise_grid_points(n_samples, p)
     innovations = torch.randn(batch_size, n_grid, generator=generator, dtype=torch.float64)
-    gaussian = torch.empty_like(innovations)
+    return noise_from_innovations(innovations, n_samples, p)
+
+
+def noise_grid_points(n_samples: int, params: SensorParams) -> int:
+    """Number of 15-minute noise-grid points that ``n_samples`` readings need.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of readings ``N``.
+    params : SensorParams
+        Sample time and noise grid.
+
+    Returns
+    -------
+    int
+        Grid points covering minutes ``0 … (N - 1) * sample_time_min`` plus one.
+    """
+    return math.floor((n_samples - 1) * params.sample_time_min / params.noise_grid_min) + 2
+
+
+def noise_from_innovations(innovations: Tensor, n_samples: int, params: SensorParams) -> Tensor:
+    """Turn standard-normal innovations on the noise grid into CGM errors on the sample grid.
+
+    Parameters
+    ----------
+    innovations : torch.Tensor
+        ``float64`` ``[B, G]`` with ``G >= noise_grid_points(n_samples, params)``; row ``b``
+        may come from its own generator, so patients can be drawn independently.
+    n_samples : int
+        Number of readings ``N``.
+    params : SensorParams
+        Noise parameters.
+
+    Returns
+    -------
+    torch.Tensor
+        ``float64`` ``[B, N]`` errors in mg/dL.
+
+    Raises
+    ------
+    ConfigError
+        If there are too few innovations.
+    """
+    n_grid = noise_grid_points(n_samples, params)
+    if innovations.dim() != 2 or innovations.shape[1] < n_grid:
+        raise ConfigError(f"need innovations of shape [B, >= {n_grid}]")
+    gaussian = torch.empty_like(innovations[:, :n_grid])
     gaussian[:, 0] = innovations[:, 0]
     for k in range(1, n_grid):
-        gaussian[:, k] = p.pacf * (gaussian[:, k - 1] + innovations[:, k])
-    grid_noise = johnson_su_mg_dl(gaussian, p)
-    position = sample_minutes / p.noise_grid_min
+        gaussian[:, k] = params.pacf * (gaussian[:, k - 1] + innovations[:, k])
+    grid_noise = johnson_su_mg_dl(gaussian, params)
+    sample_minutes = torch.arange(n_samples, dtype=torch.float64) * params.sample_time_min
+    position = sample_minutes / params.noise_grid_min
     left = torch.floor(position).to(torch.int64)
     frac = position - left
     return grid_noise[:, left] * (1.0 - frac) + grid_noise[:, left + 1] * frac
