@@ -53,12 +53,36 @@ def run_demo_command(config: DemoConfig) -> DemoResult:
     with progress:
         result = run_demo(config, on_site_simulated, on_round_evaluated)
     console.print(summary_table(result))
+    console.print(consent_table(result))
+    verdicts = ", ".join(f"{log.party} {log.verdict}" for log in result.audit.logs)
+    console.print(
+        f"audit logs verified offline: {verdicts}  (report: {result.run_dir / 'report.html'})"
+    )
     console.print(
         f"run directory: [bold]{result.run_dir}[/] (model.safetensors, model_card.json, "
-        f"metrics.json)  model {result.version_hash[:19]}…  "
+        f"metrics.json, audit/)  model {result.version_hash[:19]}…  "
         f"in {time.monotonic() - started:.0f} s"
     )
     return result
+
+
+def consent_table(result: DemoResult) -> Table:
+    """Patients each site trained on per round (consent at that round's time)."""
+    rounds = sorted(result.collector.train)
+    table = Table(title="patients permitted by consent per round (training patients)")
+    table.add_column("site", no_wrap=True)
+    for server_round in rounds:
+        table.add_column(f"r{server_round}", justify="right")
+    sites = sorted({site for per_site in result.collector.train.values() for site in per_site})
+    for site in sites:
+        cells = []
+        for server_round in rounds:
+            metrics = result.collector.train[server_round].get(site)
+            cells.append(
+                f"{metrics['patients-permitted']:.0f}" if metrics is not None else "refused"
+            )
+        table.add_row(site, *cells)
+    return table
 
 
 def summary_table(result: DemoResult) -> Table:

@@ -3,7 +3,13 @@
 from fedtwin.federation.client import make_client_app
 from fedtwin.federation.collector import RoundCollector
 from fedtwin.federation.config import RunConfig, SiteConfig, SiteId
-from fedtwin.federation.server import CoordinatorOutcome, make_server_app, run_coordinator
+from fedtwin.federation.server import (
+    CoordinatorOutcome,
+    CoordinatorSetup,
+    make_server_app,
+    run_coordinator,
+)
+from fedtwin.federation.site_round import RoundClock, wall_clock
 from fedtwin.federation.sites import (
     load_site_config,
     load_sites_manifest,
@@ -15,7 +21,9 @@ from fedtwin.federation.validation import RejectedUpdate, ValidatedStrategy
 
 __all__ = [
     "CoordinatorOutcome",
+    "CoordinatorSetup",
     "RejectedUpdate",
+    "RoundClock",
     "RoundCollector",
     "RunConfig",
     "SiteConfig",
@@ -28,5 +36,6 @@ __all__ = [
     "node_config_sites",
     "run_coordinator",
     "simulation_sites",
+    "wall_clock",
     "write_sites_manifest",
 ]

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 import fedtwin
 from fedtwin.federation.collector import RoundCollector, pool_site_metrics
 from fedtwin.federation.config import RunConfig
-from fedtwin.federation.validation import RejectedUpdate
+from fedtwin.federation.validation import RejectedUpdate, SiteRefusal
 from fedtwin.privacy import AccountantKind, MechanismSteps, epsilon_spent
 
 MODEL_FILE = "model.safetensors"
@@ -54,8 +54,15 @@ def write_model(out_dir: Path, state_dict: dict[str, torch.Tensor], run: RunConf
     return f"sha256:{digest}"
 
 
-def metrics_document(collector: RoundCollector, rejected: list[RejectedUpdate]) -> dict[str, Any]:
-    """Every round: per-site training and evaluation metrics, pooled evaluation, rejections."""
+def metrics_document(
+    collector: RoundCollector,
+    rejected: list[RejectedUpdate],
+    refusals: list[SiteRefusal] | None = None,
+) -> dict[str, Any]:
+    """Every round: per-site train and evaluation metrics, pooled evaluation, rejections.
+
+    Also the sites' refusals of each round (error code and reason as the site gave it).
+    """
     rounds = []
     for server_round in sorted(set(collector.train) | set(collector.evaluate)):
         evaluation = collector.evaluate.get(server_round, {})
@@ -70,6 +77,11 @@ def metrics_document(collector: RoundCollector, rejected: list[RejectedUpdate]) 
                 "rejected_updates": [
                     {"site": r.site_id, "reason": r.reason}
                     for r in rejected
+                    if r.server_round == server_round
+                ],
+                "refusals": [
+                    {"node": r.node_id, "code": r.code, "reason": r.reason}
+                    for r in refusals or []
                     if r.server_round == server_round
                 ],
             }

@@ -1,8 +1,16 @@
-"""The coordinator's ServerApp: FedAvg over sites, update validation, outputs on disk.
+"""The coordinator's ServerApp: FedAvg over sites, validation, audit trail, outputs on disk.
 
 The ServerApp never sees patient data: it sends the global twin and the run config, receives
-DP-protected updates and aggregate metrics, validates updates (:mod:`.validation`), aggregates
-them with Flower's ``FedAvg`` and writes the run directory (:mod:`.outputs`).
+DP-protected updates and aggregate metrics, checks site identities and validates updates,
+aggregates them with Flower's ``FedAvg``, keeps a signed, cosigned audit log of all of it
+(:mod:`.audited`) and writes the run directory (:mod:`.outputs`).
+
+Order of a run (the coordinator's log records each step):
+``run_started`` → per round: refusals, ``site_joined`` (first reply), ``update_received``,
+``update_rejected``, ``aggregated``, a checkpoint the sites cosign in their evaluate replies →
+after the last round: the model is written, ``model_exported``, ``run_finished``, a final
+checkpoint the sites cosign through a query message, and a last self-signed checkpoint that
+covers the cosignature records.
 """
 
 from __future__ import annotations
@@ -12,15 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
     Strategy,
 )
+from pydantic import BaseModel, ConfigDict, Field
 
-from fedtwin.errors import FederationError
+from fedtwin._internal.code_digest import code_digest
+from fedtwin.audit import (
+    AuditLayout,
+    AuditLog,
+    AuditSigner,
+    ModelExported,
+    RunFinished,
+    RunStarted,
+    VerifierKey,
+    load_verifier_key,
+    write_verifier_key,
+)
+from fedtwin.consent import load_consortium_policy, policy_hash
+from fedtwin.errors import ConfigError, FederationError
+from fedtwin.federation.audited import AUDIT_RECORD_KEY, AuditedStrategy, CoordinatorAudit
 from fedtwin.federation.client import RUN_CONFIG_KEY
 from fedtwin.federation.collector import RoundCallback, RoundCollector
 from fedtwin.federation.config import RunConfig
@@ -34,6 +57,41 @@ from fedtwin.federation.outputs import (
 )
 from fedtwin.federation.validation import ValidatedStrategy
 from fedtwin.twins import GlucoseTwin
+
+COORDINATOR_PARTY = "coordinator"
+
+
+class CoordinatorSetup(BaseModel):
+    """The coordinator's own files (never sent to sites).
+
+    Attributes
+    ----------
+    out_dir : Path
+        Where the run directory's files go (model, model card, metrics, ``audit/``).
+    consortium_policy : Path
+        The consortium policy the run is under (TOML).
+    audit_key : Path
+        The coordinator's Ed25519 audit signing key (PEM, 0600).
+    site_keys : Path
+        Folder with ``<site-id>.vkey``: the audit verifier key of every enrolled site.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    out_dir: Path
+    consortium_policy: Path
+    audit_key: Path
+    site_keys: Path
+    data_description: str = Field("unspecified", max_length=500)
+
+    def enrolled_sites(self) -> dict[str, VerifierKey]:
+        """Site id → enrolled audit key (``<site-keys>/<site-id>.vkey``)."""
+        if not self.site_keys.is_dir():
+            raise ConfigError(f"{self.site_keys}: folder of enrolled site keys missing")
+        return {
+            path.name.removesuffix(".vkey"): load_verifier_key(path)
+            for path in sorted(self.site_keys.glob("*.vkey"))
+        }
 
 
 @dataclass
@@ -77,70 +135,165 @@ def build_strategy(run: RunConfig, collector: RoundCollector) -> ValidatedStrate
     return ValidatedStrategy(inner, max_update_norm=run.max_update_norm)
 
 
+def _app_digest(grid: Grid) -> str:
+    """The Flower app bundle's hash when Flower knows it, else the fedtwin code's digest."""
+    fab_hash = str(getattr(getattr(grid, "run", None), "fab_hash", "") or "")
+    if len(fab_hash) == 64 and all(c in "0123456789abcdef" for c in fab_hash):
+        return f"sha256:{fab_hash}"
+    return code_digest()
+
+
+def _open_audit(run: RunConfig, setup: CoordinatorSetup) -> CoordinatorAudit:
+    signer = AuditSigner.load(setup.audit_key, COORDINATOR_PARTY)
+    layout = AuditLayout(setup.out_dir / "audit")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    site_keys = setup.enrolled_sites()
+    write_verifier_key(signer.verifier_key, layout.key_path(COORDINATOR_PARTY))
+    for site, key in site_keys.items():
+        write_verifier_key(key, layout.key_path(site))
+    return CoordinatorAudit(
+        log=AuditLog.open(layout.root, COORDINATOR_PARTY),
+        signer=signer,
+        origin=f"fedtwin/{run.run_id}/{COORDINATOR_PARTY}",
+        run_id=run.run_id,
+        site_keys=site_keys,
+    )
+
+
+def _final_cosigning(grid: Grid, run: RunConfig, audit: CoordinatorAudit) -> None:
+    """Ask every connected site to cosign the final checkpoint (a ``query`` message)."""
+    audit.checkpoint()
+    messages = [
+        Message(
+            content=RecordDict(
+                {
+                    "config": ConfigRecord({RUN_CONFIG_KEY: run.to_json(), "server-round": 0}),
+                    AUDIT_RECORD_KEY: audit.audit_record_for(node),
+                }
+            ),
+            message_type=MessageType.QUERY,
+            dst_node_id=node,
+        )
+        for node in grid.get_node_ids()
+    ]
+    replies = grid.send_and_receive(messages, timeout=run.round_timeout_s)
+    audit.collect_cosignatures(None, replies)
+    # The cosignature records are themselves covered by one more (self-signed) checkpoint.
+    audit.checkpoint()
+
+
 def run_coordinator(
     grid: Grid,
     run: RunConfig,
-    out_dir: Path,
-    data_description: str,
+    setup: CoordinatorSetup,
     on_round_evaluated: RoundCallback | None = None,
     outcome: CoordinatorOutcome | None = None,
 ) -> CoordinatorOutcome:
-    """Federate ``run.num_rounds`` rounds over the grid's sites and write ``out_dir``."""
+    """Federate ``run.num_rounds`` rounds over the grid's sites and write ``setup.out_dir``."""
     outcome = outcome or CoordinatorOutcome()
     outcome.collector.on_round_evaluated = on_round_evaluated
-    model = initial_model(run)
-    strategy = build_strategy(run, outcome.collector)
-    config = ConfigRecord({RUN_CONFIG_KEY: run.to_json()})
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=run.num_rounds,
-        timeout=run.round_timeout_s,
-        train_config=config,
-        evaluate_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
-    )
-    if not outcome.collector.train:
-        raise FederationError("no site contributed an accepted update in any round")
+    policy = load_consortium_policy(setup.consortium_policy)
+    if run.consortium_policy_hash != policy_hash(policy):
+        raise ConfigError(f"{setup.consortium_policy}: not the policy this run was planned under")
+    out_dir = setup.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = result.arrays.to_torch_state_dict()
-    outcome.version_hash = write_model(out_dir, state, run)
-    write_json(out_dir / METRICS_FILE, metrics_document(outcome.collector, strategy.rejected))
-    write_json(
-        out_dir / MODEL_CARD_FILE,
-        model_card(run, outcome.version_hash, outcome.collector, data_description),
-    )
+    audit = _open_audit(run, setup)
+    try:
+        audit.log.record(
+            RunStarted,
+            run_id=run.run_id,
+            study_id=run.study_id,
+            purpose_code=run.purpose,
+            legal_basis=policy.legal_basis,
+            config_hash=run.config_hash,
+            app_hash=_app_digest(grid),
+            policy_hash=policy_hash(policy),
+            num_rounds=run.num_rounds,
+        )
+        model = initial_model(run)
+        validated = build_strategy(run, outcome.collector)
+        strategy = AuditedStrategy(validated, audit)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=run.num_rounds,
+            timeout=run.round_timeout_s,
+            train_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
+            evaluate_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
+        )
+        if not outcome.collector.train:
+            audit.log.record(RunFinished, run_id=run.run_id, status="failed", rounds_completed=0)
+            raise FederationError("no site contributed an accepted update in any round")
+        state = result.arrays.to_torch_state_dict()
+        outcome.version_hash = write_model(out_dir, state, run)
+        write_json(
+            out_dir / METRICS_FILE,
+            metrics_document(outcome.collector, validated.rejected, validated.refusals),
+        )
+        write_json(
+            out_dir / MODEL_CARD_FILE,
+            model_card(run, outcome.version_hash, outcome.collector, setup.data_description),
+        )
+        audit.log.record(
+            ModelExported,
+            run_id=run.run_id,
+            model_version_hash=outcome.version_hash,
+            path="model.safetensors",
+        )
+        audit.log.record(
+            RunFinished,
+            run_id=run.run_id,
+            status="completed",
+            rounds_completed=len(outcome.collector.train),
+        )
+        _final_cosigning(grid, run, audit)
+    finally:
+        audit.log.close()
     return outcome
 
 
 def make_server_app(
     run: RunConfig | None = None,
-    out_dir: Path | None = None,
-    data_description: str = "unspecified",
+    setup: CoordinatorSetup | None = None,
     on_round_evaluated: Callable[[int, RoundCollector], None] | None = None,
     outcome: CoordinatorOutcome | None = None,
 ) -> ServerApp:
-    """Build the ServerApp; without ``run``/``out_dir`` they come from ``context.run_config``."""
+    """Build the ServerApp; without ``run``/``setup`` they come from ``context.run_config``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        resolved_run = run or run_config_from_context(context)
-        resolved_out = out_dir or Path(str(context.run_config.get("out-dir", "runs/flwr-run")))
-        run_coordinator(
-            grid, resolved_run, resolved_out, data_description, on_round_evaluated, outcome
-        )
+        resolved_setup = setup or setup_from_context(context)
+        resolved_run = run or run_config_from_context(context, resolved_setup)
+        run_coordinator(grid, resolved_run, resolved_setup, on_round_evaluated, outcome)
 
     return app
 
 
-def run_config_from_context(context: Context) -> RunConfig:
-    """Map ``[tool.flwr.app.config]`` keys onto a :class:`RunConfig`."""
+def setup_from_context(context: Context) -> CoordinatorSetup:
+    """The coordinator's files from ``[tool.flwr.app.config]`` (``consortium-dir`` layout).
+
+    ``consortium-dir`` holds ``consortium-policy.toml``, ``coordinator.audit.pem`` and
+    ``site-keys/<site-id>.vkey`` (what ``fedtwin pki`` and the demo write).
+    """
     cfg = context.run_config
-    return RunConfig.model_validate(
-        {
-            "num_rounds": int(cfg.get("num-server-rounds", 3)),
-            "seed": int(cfg.get("seed", 0)),
-            "delta": float(cfg.get("delta", 1e-5)),
-            "min_sites": int(cfg.get("min-sites", 3)),
-        }
+    folder = Path(str(cfg.get("consortium-dir", "runs/flwr-data/consortium")))
+    return CoordinatorSetup(
+        out_dir=Path(str(cfg.get("out-dir", "runs/flwr-run"))),
+        consortium_policy=folder / "consortium-policy.toml",
+        audit_key=folder / "coordinator.audit.pem",
+        site_keys=folder / "site-keys",
+    )
+
+
+def run_config_from_context(context: Context, setup: CoordinatorSetup) -> RunConfig:
+    """Map ``[tool.flwr.app.config]`` keys onto a :class:`RunConfig` under the setup's policy."""
+    cfg = context.run_config
+    policy = load_consortium_policy(setup.consortium_policy)
+    return RunConfig.for_policy(
+        policy,
+        run_id=str(cfg.get("run-id", "") or f"flwr-{context.run_id}"),
+        num_rounds=int(cfg.get("num-server-rounds", 3)),
+        seed=int(cfg.get("seed", 0)),
+        min_sites=int(cfg.get("min-sites", 3)),
     )

@@ -51,12 +51,16 @@ def load_sites_manifest(path: Path) -> list[SiteConfig]:
     except ValidationError as error:
         raise ConfigError(f"{path}: {one_line(error)}") from error
     root = path.parent.resolve()
-    return [
-        site.model_copy(
-            update={"data_dir": root / site.data_dir, "state_dir": root / site.state_dir}
-        )
-        for site in sites
-    ]
+    return [site.model_copy(update=_paths(site, lambda p: root / p)) for site in sites]
+
+
+def _paths(site: SiteConfig, change: Callable[[Path], Path]) -> dict[str, Path]:
+    """Every path field of a site config, changed."""
+    return {
+        name: change(getattr(site, name))
+        for name, field in SiteConfig.model_fields.items()
+        if field.annotation is Path
+    }
 
 
 def write_sites_manifest(root: Path, sites: Sequence[SiteConfig]) -> Path:
@@ -65,12 +69,9 @@ def write_sites_manifest(root: Path, sites: Sequence[SiteConfig]) -> Path:
 
     base = root.resolve()
     documents = [
-        site.model_copy(
-            update={
-                "data_dir": site.data_dir.resolve().relative_to(base),
-                "state_dir": site.state_dir.resolve().relative_to(base),
-            }
-        ).model_dump(mode="json")
+        site.model_copy(update=_paths(site, lambda p: p.resolve().relative_to(base))).model_dump(
+            mode="json"
+        )
         for site in sites
     ]
     write_json(root / SITES_MANIFEST, documents)

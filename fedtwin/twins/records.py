@@ -2,8 +2,10 @@
 
 Invariant: ``valid_anchor[p, t]`` is True exactly when a forecast window anchored at ``t``
 (:mod:`fedtwin.twins.windows`) lies inside patient ``p``'s observed data: every CGM reading of
-its history and target exists and insulin and carbohydrate are known (recorded, or known to be
-zero) over every bin the window reads. Values outside the observed data are zero-filled and
+its history and target exists and the treatment is known over every bin the window reads.
+Treatment is known where the insulin record is (a pump logs basal continuously); within that
+span a bin without a carbohydrate entry means none was eaten — patients log meals, not their
+absence — so carbohydrate gaps never invalidate a window that insulin covers. Values outside the observed data are zero-filled and
 never enter a valid window, so padding, gaps and missing channels cannot leak into training or
 evaluation. Row ``p`` belongs to ``pseudonyms[p]``; nothing here holds a local patient id.
 """
@@ -136,9 +138,7 @@ class PatientBatch:
             cgm_mask[row, :length] = observed
             insulin[row, :length] = record.insulin_u
             carbs[row, :length] = record.carbs_g
-            treatment_mask[row, :length] = np.asarray(record.insulin_mask) & np.asarray(
-                record.carbs_mask
-            )
+            treatment_mask[row, :length] = np.asarray(record.insulin_mask)
         return cls.from_arrays(
             tuple(r.pseudonym for r in records),
             torch.from_numpy(cgm),

@@ -52,8 +52,18 @@ def test_tiny_demo_completes_and_writes_its_run_directory(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     [run_dir] = [p for p in (tmp_path / "runs").iterdir()]
     assert run_dir.name.startswith("demo-")
-    for name in ("model.safetensors", "model_card.json", "metrics.json", "run_config.json"):
-        assert (run_dir / name).is_file()
+    for name in (
+        "model.safetensors",
+        "model_card.json",
+        "metrics.json",
+        "run_config.json",
+        "report.html",
+        "audit/coordinator.audit.jsonl",
+        "audit/site-adult.audit.jsonl",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert "coordinator intact" in result.stdout
+    assert "tampered" not in result.stdout
     card = json.loads((run_dir / "model_card.json").read_text())
     assert len(card["contributors"]) == 3
     assert "held-out patients after round 2" in result.stdout

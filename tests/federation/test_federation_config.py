@@ -18,6 +18,18 @@ def test_run_config_roundtrips_through_its_wire_form() -> None:
     assert RunConfig.from_json(config.to_json()) == config
 
 
+def test_run_config_carries_the_policy_claims_and_its_hash() -> None:
+    from fedtwin.consent import load_consortium_policy, policy_hash
+
+    policy = load_consortium_policy(REPO / "policies" / "consortium.toml")
+    run = RunConfig.for_policy(policy, run_id="r1", num_rounds=2)
+    assert run.consortium_policy_hash == policy_hash(policy)
+    assert (run.study_id, run.purpose, run.delta) == (policy.study_id, policy.purpose, policy.delta)
+    request = run.run_request()
+    assert request.actors == policy.actors and request.epsilon == policy.max_epsilon_per_patient
+    assert run.config_hash != RunConfig.for_policy(policy, run_id="r2").config_hash
+
+
 def test_unknown_run_config_key_is_a_one_line_error() -> None:
     document = json.loads(RunConfig().to_json())
     document["dp"]["noise_free"] = True
@@ -25,9 +37,16 @@ def test_unknown_run_config_key_is_a_one_line_error() -> None:
         RunConfig.from_json(json.dumps(document))
 
 
+def _site_fields(site_id: str) -> str:
+    return (
+        f'site_id = "{site_id}"\ndata_dir = "d"\nstate_dir = "s"\nsite_policy = "p.toml"\n'
+        'consortium_policy = "c.toml"\naudit_key = "k.pem"\ncoordinator_audit_key = "c.vkey"\n'
+    )
+
+
 def test_site_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
-    path.write_text('[site]\nsite_id = "Bad Id"\ndata_dir = "d"\nstate_dir = "s"\n')
+    path.write_text("[site]\n" + _site_fields("Bad Id"))
     with pytest.raises(ConfigError, match=r"site\.toml: site_id: String should match"):
         load_site_config(path)
     path.write_text("[site\n")
@@ -39,13 +58,25 @@ def test_site_config_file_errors_name_the_file_and_field(tmp_path: Path) -> None
 
 def test_sites_manifest_is_relative_and_movable(tmp_path: Path) -> None:
     root = tmp_path / "a" / "sites"
-    site = SiteConfig(site_id="site-x", data_dir=root / "site-x/data", state_dir=root / "site-x/s")
+    x = root / "site-x"
+    site = SiteConfig(
+        site_id="site-x",
+        data_dir=x / "data",
+        state_dir=x / "s",
+        site_policy=x / "p.toml",
+        consortium_policy=x / "c.toml",
+        audit_key=x / "k.pem",
+        coordinator_audit_key=x / "c.vkey",
+    )
     root.mkdir(parents=True)
     write_sites_manifest(root, [site])
+    assert "/a/" not in (root / "sites.json").read_text()
     moved = tmp_path / "b"
     (tmp_path / "a").rename(moved)
     [loaded] = load_sites_manifest(moved / "sites" / "sites.json")
-    assert loaded.data_dir == (moved / "sites" / "site-x" / "data").resolve()
+    new = (moved / "sites" / "site-x").resolve()
+    assert loaded.data_dir == new / "data" and loaded.audit_key == new / "k.pem"
+    assert loaded.coordinator_audit_key == new / "c.vkey"
 
 
 REPO = Path(__file__).resolve().parents[2]

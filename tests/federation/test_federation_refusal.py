@@ -1,12 +1,17 @@
-"""A site whose privacy budget is spent refuses; the coordinator goes on without it."""
+"""A site whose privacy budget is spent refuses; the coordinator goes on without it.
+
+Both sides record it: the site logs the refused budget check, the coordinator logs the site's
+refusal, and no update of that site reaches the model.
+"""
 
 import json
-from pathlib import Path
 
 import pytest
 from flwr.simulation import run_simulation
+from site_trees import SiteTree, site_events
 
-from fedtwin.demo import DemoConfig, generate_sites, run_config_for
+from fedtwin.audit import load_verifier_key, verify_log
+from fedtwin.demo import calendar_for, coordinator_setup, run_config_for
 from fedtwin.federation import (
     CoordinatorOutcome,
     make_client_app,
@@ -18,13 +23,11 @@ from fedtwin.privacy import PrivacyLedger, SpendEvent
 pytestmark = pytest.mark.slow
 
 
-def test_exhausted_site_refuses_and_others_still_train(tmp_path: Path) -> None:
-    config = DemoConfig(
-        sites=3, patients_per_site=30, days=0.5, rounds=1, local_steps=3, batch_patients=8
-    )
-    sites = generate_sites(config, tmp_path / "sites")
+def test_exhausted_site_refuses_and_others_still_train(site_tree: SiteTree) -> None:
+    sites = site_tree.sites
     exhausted = sites[1]
-    ledger = PrivacyLedger(exhausted.ledger_path, exhausted.epsilon_cap, exhausted.delta)
+    run = run_config_for(site_tree.config.model_copy(update={"rounds": 1}), "run-refusal")
+    ledger = PrivacyLedger(exhausted.ledger_path, run.epsilon, run.delta, site_id=exhausted.site_id)
     ledger.commit(
         SpendEvent(
             run_id="earlier-run",
@@ -37,13 +40,17 @@ def test_exhausted_site_refuses_and_others_still_train(tmp_path: Path) -> None:
         )
     )
     spent_before = ledger.epsilon()
-    assert spent_before > exhausted.epsilon_cap
+    assert spent_before > run.epsilon
     outcome = CoordinatorOutcome()
-    run = run_config_for(config).model_copy(update={"min_sites": 3})
+    out_dir = site_tree.root / "out"
 
     run_simulation(
-        server_app=make_server_app(run, out_dir=tmp_path / "out", outcome=outcome),
-        client_app=make_client_app(simulation_sites(sites)),
+        server_app=make_server_app(
+            run, coordinator_setup(site_tree.root, out_dir, "refusal test"), outcome=outcome
+        ),
+        client_app=make_client_app(
+            simulation_sites(sites), clock=calendar_for(site_tree.config).round_at
+        ),
         num_supernodes=3,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
@@ -52,5 +59,16 @@ def test_exhausted_site_refuses_and_others_still_train(tmp_path: Path) -> None:
     assert contributors == {sites[0].site_id, sites[2].site_id}
     assert [e.run_id for e in ledger.history()] == ["earlier-run"]
     assert ledger.epsilon() == spent_before
-    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    card = json.loads((out_dir / "model_card.json").read_text())
     assert exhausted.site_id not in card["contributors"]
+    site_types = [e.type for e in site_events(exhausted)]
+    assert "budget_refused" in site_types and "update_sent" not in site_types
+    coordinator = verify_log(
+        out_dir / "audit" / "coordinator.audit.jsonl",
+        load_verifier_key(out_dir / "audit" / "keys" / "coordinator.vkey"),
+    )
+    refusals = [e for e in coordinator.events if e.type == "site_refused"]
+    assert [r.reason_code for r in refusals] == ["budget-exhausted"]
+    assert exhausted.site_id in refusals[0].reason
+    aggregated = [e for e in coordinator.events if e.type == "aggregated"]
+    assert exhausted.site_id not in aggregated[0].contributors

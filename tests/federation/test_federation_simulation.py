@@ -1,14 +1,22 @@
-"""A real in-process Flower simulation: 3 sites x 2 rounds with patient-level DP."""
+"""A real in-process Flower simulation: the demo's 3 sites x 2 rounds, end to end.
+
+Sites read FHIR exports, filter by consent at each round's time, train with patient-level DP
+and keep signed logs; the coordinator validates, aggregates, logs and collects cosignatures.
+"""
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedtwin.audit import audit_run, load_verifier_key, verify_log
 from fedtwin.demo import DemoConfig, DemoResult, run_demo
+from fedtwin.federation import RunConfig
 from fedtwin.federation.server import initial_model
+from fedtwin.federation.sitedata import load_site_data
 from fedtwin.privacy import AccountantKind, PrivacyLedger, epsilon_spent
 
 pytestmark = pytest.mark.slow
@@ -24,10 +32,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
         days=0.5,
         local_steps=5,
         batch_patients=16,
+        min_eligible_patients=5,
         seed=3,
         out=out,
     )
     return run_demo(config, run_id="test-run")
+
+
+def _run_config(demo_run: DemoResult) -> RunConfig:
+    return RunConfig.model_validate(json.loads((demo_run.run_dir / "run_config.json").read_text()))
 
 
 def test_every_site_contributes_to_every_round(demo_run: DemoResult) -> None:
@@ -42,15 +55,9 @@ def test_every_site_contributes_to_every_round(demo_run: DemoResult) -> None:
 
 def test_global_model_changed_from_its_initial_state(demo_run: DemoResult) -> None:
     final = load_file(str(demo_run.run_dir / "model.safetensors"))
-    initial = initial_model(json_run_config(demo_run)).state_dict()
+    initial = initial_model(_run_config(demo_run)).state_dict()
     assert final.keys() == initial.keys()
     assert any(not torch.equal(final[k], initial[k]) for k in final)
-
-
-def json_run_config(demo_run: DemoResult):
-    from fedtwin.federation import RunConfig
-
-    return RunConfig.model_validate(json.loads((demo_run.run_dir / "run_config.json").read_text()))
 
 
 def test_run_directory_has_consistent_outputs(demo_run: DemoResult) -> None:
@@ -69,25 +76,73 @@ def test_run_directory_has_consistent_outputs(demo_run: DemoResult) -> None:
         for key in ("rmse_30", "mae_30", "rmse_60", "mae_60", "persistence_rmse_30"):
             assert last["evaluate"][site][key] > 0
     assert card["metrics"]["per_site"] == last["evaluate"]
+    assert (run_dir / "report.html").is_file()
 
 
 def test_each_site_ledger_holds_its_spends_and_the_reported_epsilon(demo_run: DemoResult) -> None:
+    run = _run_config(demo_run)
     for site in demo_run.sites:
-        ledger = PrivacyLedger(site.ledger_path, site.epsilon_cap, site.delta)
+        ledger = PrivacyLedger(site.ledger_path, run.epsilon, run.delta)
         history = ledger.history()
-        assert [e.round for e in history] == [1, 2]
+        assert [(e.run_id, e.round) for e in history] == [("test-run", 1), ("test-run", 2)]
         assert all(e.noise_multiplier > 0 and e.steps == 5 for e in history)
         reported = demo_run.collector.train[2][site.site_id]["epsilon"]
-        fresh = epsilon_spent([e.as_mechanism() for e in history], site.delta, AccountantKind.PRV)
+        fresh = epsilon_spent([e.as_mechanism() for e in history], run.delta, AccountantKind.PRV)
         assert reported == pytest.approx(fresh)
-        assert 0 < demo_run.collector.train[1][site.site_id]["epsilon"] < reported <= 8.0
+        assert 0 < demo_run.collector.train[1][site.site_id]["epsilon"] < reported <= run.epsilon
 
 
-def test_sites_keep_their_patients_apart(demo_run: DemoResult) -> None:
-    from fedtwin.cohorts import CohortSeries
+def test_every_party_log_verifies_and_the_coordinator_log_is_cosigned(
+    demo_run: DemoResult,
+) -> None:
+    audit = audit_run(demo_run.run_dir)
+    assert {log.party for log in audit.logs} == {"coordinator"} | {
+        s.site_id for s in demo_run.sites
+    }
+    assert all(log.verdict == "intact" for log in audit.logs), [s.summary() for s in audit.logs]
+    coordinator = next(log for log in audit.logs if log.party == "coordinator")
+    assert coordinator.report is not None
+    assert set(coordinator.report.cosigned) == {s.site_id for s in demo_run.sites}
+    types = [e.type for e in coordinator.report.events]
+    assert types[0] == "run_started"
+    assert types.count("aggregated") == 2 and "model_exported" in types
 
+
+def test_the_updates_the_sites_sent_are_the_updates_the_coordinator_received(
+    demo_run: DemoResult,
+) -> None:
+    audit_dir = demo_run.run_dir / "audit"
+    coordinator = verify_log(
+        audit_dir / "coordinator.audit.jsonl",
+        load_verifier_key(audit_dir / "keys" / "coordinator.vkey"),
+    )
+    received = {
+        (e.site_id, e.round): e.sha256 for e in coordinator.events if e.type == "update_received"
+    }
     for site in demo_run.sites:
-        train = CohortSeries.load(site.data_dir / "train.safetensors")
-        heldout = CohortSeries.load(site.data_dir / "heldout.safetensors")
-        assert len(train.patient_names) + len(heldout.patient_names) == 60
-        assert len(heldout.patient_names) == 12
+        log = verify_log(
+            audit_dir / f"{site.site_id}.audit.jsonl",
+            load_verifier_key(audit_dir / "keys" / f"{site.site_id}.vkey"),
+        )
+        sent = {(e.site_id, e.round): e.sha256 for e in log.events if e.type == "update_sent"}
+        assert sent and all(received[key] == digest for key, digest in sent.items())
+
+
+def test_sites_split_their_patients_by_keyed_hash_and_train_only_on_their_own(
+    demo_run: DemoResult,
+) -> None:
+    for site in demo_run.sites:
+        data = load_site_data(site)
+        train, heldout = {p.patient_id for p in data.train}, {p.patient_id for p in data.heldout}
+        assert not train & heldout and len(train) + len(heldout) == 60
+        assert all(p.startswith(site.site_id) for p in train | heldout)
+        assert 0 < len(heldout) < 30
+
+
+def test_nothing_patient_identifying_leaves_a_site(demo_run: DemoResult) -> None:
+    shared = [demo_run.run_dir / name for name in ("model_card.json", "metrics.json")]
+    shared += sorted((demo_run.run_dir / "audit").glob("*.jsonl"))
+    text = "\n".join(Path(p).read_text() for p in shared)
+    for site in demo_run.sites:
+        for patient in load_site_data(site).train[:10]:
+            assert patient.patient_id not in text

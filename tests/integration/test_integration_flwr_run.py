@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,16 @@ def test_flwr_run_trains_with_the_deployable_entries(
         shutil.copy(REPO / name, project / name)
     for folder in ("server", "client"):
         shutil.copytree(REPO / folder, project / folder)
-    sites_root = tmp_path / "sites"
-    config = DemoConfig(patients_per_site=30, days=0.5, seed=5)
-    write_sites_manifest(sites_root, generate_sites(config, sites_root))
+    tree = tmp_path / "tree"
+    # The deployable ClientApp evaluates consent at the wall clock: recent records.
+    config = DemoConfig(
+        patients_per_site=40,
+        days=0.5,
+        seed=5,
+        min_eligible_patients=5,
+        data_start=datetime.now(UTC).date() - timedelta(days=3),
+    )
+    write_sites_manifest(tree / "sites", generate_sites(config, tree))
     out_dir = tmp_path / "out"
 
     run = subprocess.run(
@@ -86,7 +94,8 @@ def test_flwr_run_trains_with_the_deployable_entries(
             "--federation-config",
             "num-supernodes=3",
             "--run-config",
-            f"data-root='{sites_root}' out-dir='{out_dir}' num-server-rounds=1",
+            f"data-root='{tree / 'sites'}' consortium-dir='{tree / 'consortium'}' "
+            f"out-dir='{out_dir}' num-server-rounds=1 run-id='flwr-run-test'",
             "--stream",
         ],
         cwd=project,
@@ -110,3 +119,4 @@ def test_flwr_run_trains_with_the_deployable_entries(
     card = json.loads((out_dir / "model_card.json").read_text())
     assert card["contributors"] == ["site-adolescent", "site-adult", "site-paediatric"]
     assert all(eps > 0 for eps in card["privacy"]["epsilon_per_site"].values())
+    assert (out_dir / "audit" / "coordinator.audit.jsonl").is_file()

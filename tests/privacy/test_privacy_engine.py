@@ -231,7 +231,7 @@ def test_only_the_privacy_package_imports_opacus() -> None:
 def test_training_path_never_uses_record_level_loaders() -> None:
     # Sites train only through train_private_round, whose loader is built over the patient
     # dataset; no DataLoader over windows appears on the site path.
-    client = (PACKAGE / "federation" / "client.py").read_text()
+    client = (PACKAGE / "federation" / "site_round.py").read_text()
     engine = (PACKAGE / "privacy" / "engine.py").read_text()
     assert "train_private_round" in client
     assert "DataLoader(" not in client
