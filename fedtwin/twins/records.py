@@ -5,9 +5,9 @@ Invariant: ``valid_anchor[p, t]`` is True exactly when a forecast window anchore
 its history and target exists and the treatment is known over every bin the window reads.
 Treatment is known where the insulin record is (a pump logs basal continuously); within that
 span a bin without a carbohydrate entry means none was eaten — patients log meals, not their
-absence — so carbohydrate gaps never invalidate a window that insulin covers. Values outside the observed data are zero-filled and
-never enter a valid window, so padding, gaps and missing channels cannot leak into training or
-evaluation. Row ``p`` belongs to ``pseudonyms[p]``; nothing here holds a local patient id.
+absence — so carbohydrate gaps never invalidate a window that insulin covers. Values outside
+the observed data are zero-filled and never enter a valid window, so padding, gaps and missing
+channels cannot leak into training or evaluation. Row ``p`` belongs to ``pseudonyms[p]``; nothing here holds a local patient id.
 """
 
 from __future__ import annotations
