@@ -7,7 +7,8 @@ Treatment is known where the insulin record is (a pump logs basal continuously);
 span a bin without a carbohydrate entry means none was eaten — patients log meals, not their
 absence — so carbohydrate gaps never invalidate a window that insulin covers. Values outside
 the observed data are zero-filled and never enter a valid window, so padding, gaps and missing
-channels cannot leak into training or evaluation. Row ``p`` belongs to ``pseudonyms[p]``; nothing here holds a local patient id.
+channels cannot leak into training or evaluation. Row ``p`` belongs to ``pseudonyms[p]``;
+nothing here holds a local patient id.
 """
 
 from __future__ import annotations
