@@ -63,6 +63,10 @@ def demo(
     ] = 8.0,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     out: Annotated[Path, typer.Option(help="parent folder of the run directory")] = Path("runs"),
+    deployment: Annotated[
+        bool,
+        typer.Option(help="a real coordinator and site processes on 127.0.0.1 (HTTPS, auth)"),
+    ] = False,
 ) -> None:
     """Three simulated hospitals train a glucose twin together with patient-level DP."""
     from fedtwin.cli.demo import run_demo_command
@@ -90,6 +94,11 @@ def demo(
         config = DemoConfig.model_validate(values)
     except ValidationError as error:
         fail(validation_line(error, flags), EXIT_BAD_INPUT)
+    if deployment:
+        from fedtwin.cli.demo_deployment import run_deployment_demo_command
+
+        run_deployment_demo_command(config)
+        return
     run_demo_command(config)
 
 

@@ -156,7 +156,7 @@ class Coordinator:
         home.mkdir(parents=True, exist_ok=True)
         env = flower_environment(home, self.section.task_poll_interval_s)
         argv = superlink_command(self.section, self.pki, home / "state.db")
-        self.superlink.start(argv, env, cwd=home, marker="flower-superlink")
+        self.superlink.start(argv, env, cwd=home)
         # (6): ready means a TLS handshake the sites' check would accept.
         if not self.superlink.wait_until(self.ready, self.section.start_timeout_s):
             last = "; ".join(self.superlink.tail(3)) or "no output"
@@ -219,12 +219,17 @@ class Coordinator:
         run_label: str,
         on_line: Callable[[str], None] | None = None,
         on_submitted: Callable[[int], None] | None = None,
+        out_dir: Path | None = None,
     ) -> RunOutcome:
-        """Submit the consortium's run, follow its log, and return its final status."""
+        """Submit the consortium's run, follow its log, and return its final status.
+
+        ``run_label`` names the run (the ServerApp's ``run-id``); its outputs go to ``out_dir``
+        (default ``<runs_dir>/<run_label>``), which must not exist yet.
+        """
         if self.superlink.status().pid is None:
             raise FederationError("the SuperLink is not running (fedtwin coordinator start)")
         run = self.config.run
-        out_dir = run.runs_dir / run_label
+        out_dir = (out_dir or run.runs_dir / run_label).resolve()
         if out_dir.exists():
             raise ConfigError(f"{out_dir}: already exists")
         work = self.state_dir / "runs" / run_label

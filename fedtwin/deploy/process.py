@@ -5,9 +5,10 @@ Invariants:
 * each process runs in its own session and process group, so stopping it stops everything it
   spawned (Flower's SuperExec, ServerApp and ClientApp processes) and a terminal's Ctrl-C does
   not reach it;
-* its pid lives in ``<state>/run/<name>.pid`` (JSON, written atomically) so ``stop`` and
-  ``status`` work from another invocation; a pid file whose process is gone, or whose pid now
-  belongs to another program, reads as *stopped* and is never signalled;
+* its pid and start time live in ``<state>/run/<name>.pid`` (JSON, written atomically) so
+  ``stop`` and ``status`` work from another invocation; a pid file whose process is gone, or
+  whose pid now belongs to another process (another start time), reads as *stopped* and is
+  never signalled;
 * ``stop`` sends SIGTERM to the group, waits, then SIGKILL; the pid file is removed only when
   no process of the group is left;
 * its output goes to ``<state>/logs/<name>.log`` (appended), never to the caller's terminal.
@@ -46,12 +47,16 @@ class ProcessStatus:
     log_path: Path
 
 
-def _proc_cmdline(pid: int) -> str | None:
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    With the pid it identifies a process for good: a reused pid has another start time.
+    """
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
         return None
-    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 def _alive(pid: int) -> bool:
@@ -131,9 +136,8 @@ class ManagedProcess:
         pid = int(str(record["pid"]))
         if not _alive(pid):
             return None
-        cmdline = _proc_cmdline(pid)
-        marker = str(record.get("marker", ""))
-        if cmdline is not None and marker and marker not in cmdline:
+        recorded = record.get("start_ticks")
+        if isinstance(recorded, int) and _start_ticks(pid) not in (None, recorded):
             return None  # the pid was reused by another program
         return pid
 
@@ -145,9 +149,7 @@ class ManagedProcess:
         state = ProcessState.EXITED if self.pid_path.exists() else ProcessState.STOPPED
         return ProcessStatus(self.name, state, None, self.log_path)
 
-    def start(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, marker: str | None = None
-    ) -> int:
+    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
         """Start ``argv`` detached; refuse if this name is already running."""
         if self._live_pid() is not None:
             raise ConfigError(f"{self.name} is already running (pid file {self.pid_path})")
@@ -170,7 +172,7 @@ class ManagedProcess:
                 raise ConfigError(f"cannot start {argv[0]}: {error.strerror}") from error
         record = {
             "pid": self._popen.pid,
-            "marker": marker or Path(argv[0]).name,
+            "start_ticks": _start_ticks(self._popen.pid),
             "argv0": argv[0],
             "started": time.time(),
         }
@@ -191,7 +193,12 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             if ready():
                 return True
-            if self.exit_code() is not None or self._live_pid() is None:
+            ended = (
+                self.exit_code() is not None
+                if self._popen is not None
+                else self._live_pid() is None
+            )
+            if ended:
                 return ready()
             time.sleep(interval_s)
         return False
@@ -199,6 +206,8 @@ class ManagedProcess:
     def stop(self, grace_s: float = 10.0) -> bool:
         """SIGTERM the process group, then SIGKILL after ``grace_s``; True if it was running."""
         pid = self._live_pid()
+        if pid is None and self._popen is not None and self._popen.poll() is None:
+            pid = self._popen.pid  # our own child, whatever its pid file says
         if pid is None:
             # The leader is gone; members of its group (e.g. a SuperExec) may outlive it.
             pid = self._orphaned_group()

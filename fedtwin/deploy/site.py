@@ -134,7 +134,6 @@ class SiteNode:
             supernode_command(self.node, self.config_path),
             env,
             cwd=self.folder,
-            marker="flower-supernode",
         )
 
         # (5): admitted, refused, or silent until the timeout.
@@ -162,7 +161,6 @@ class SiteNode:
                 warm_executor_command(self.node),
                 env,
                 cwd=self.folder,
-                marker="fedtwin.deploy.warm_executor",
             )
         return node_id
 

@@ -50,7 +50,6 @@ def _start(process: ManagedProcess, code: str, child_file: Path) -> int:
         [sys.executable, "-c", code, str(child_file)],
         dict(os.environ),
         cwd=child_file.parent,
-        marker="-c",
     )
 
 
@@ -103,7 +102,8 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
     try:
         process = ManagedProcess("superlink", tmp_path / "state")
         process.pid_path.parent.mkdir(parents=True)
-        process.pid_path.write_text(json.dumps({"pid": stranger.pid, "marker": "flower-superlink"}))
+        # Same pid, another start time: the pid was reused.
+        process.pid_path.write_text(json.dumps({"pid": stranger.pid, "start_ticks": 1}))
         assert process.status().state is ProcessState.EXITED
         assert process.stop() is False
         assert stranger.poll() is None
