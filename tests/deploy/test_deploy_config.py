@@ -80,3 +80,11 @@ def test_addresses_split_into_host_and_port(address: str, expected: tuple[str, i
 def test_malformed_addresses_are_refused(address: str) -> None:
     with pytest.raises(ValueError):
         split_address(address)
+
+
+def test_the_shipped_role_templates_validate() -> None:
+    root = Path(__file__).resolve().parents[2]
+    coordinator = load_coordinator_config(root / "server" / "coordinator.toml")
+    node = load_node_section(root / "client" / "site.toml")
+    assert coordinator.coordinator.host == node.superlink.split(":")[0]
+    assert node.clientapp_executor == "warm"
