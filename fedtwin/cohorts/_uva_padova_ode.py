@@ -6,23 +6,26 @@ arguments: the number of RK4 steps is chosen *per patient* from that patient's o
 so no patient's accuracy or result depends on who else is in the batch.
 
 - Insulin block ``Ip, X, I1, Id, Il, Isc1, Isc2``: linear with a constant input, advanced
-  exactly by matrix exponentials of ``[[A, b, c0], 0]`` (computed once per batch and level).
-  It is a positive system, so simglucose's clamps on it never bind from a non-negative start.
-- Gut block ``Qsto1, Qsto2, Qgut``: independent of glucose and insulin; classical RK4 with one
-  step per glucose half-step (its gastric-emptying switch ``tanh`` can be steep).
+  exactly by the matrix exponential of ``[[A, b, c0], 0]`` (scaling and squaring with a
+  Taylor series, per matrix). It is a positive system, so simglucose's clamps on it never bind
+  from a non-negative start.
+- Gut block ``Qsto1, Qsto2, Qgut``: independent of glucose and insulin; classical RK4 with two
+  steps per glucose step (its gastric-emptying switch ``tanh`` can be steep).
 - Glucose block ``Gp, Gt, Gs``: classical RK4 reading ``X``, ``Id`` and ``Qgut`` at each stage
   time from the two blocks above, with ``(x >= 0) * dx`` clamps as in simglucose.
 
-Step control: a patient normally takes ``base`` RK4 steps a minute. If a Gershgorin bound on
-its glucose or gut Jacobian exceeds :data:`MAX_STIFFNESS_PER_STEP` per step (large insulin
-action makes ``Gt`` stiff; a steep gastric switch makes the stomach stiff), that patient's
-minute is recomputed with the smallest power-of-two multiple of ``base`` steps that satisfies
-the bound (dopri5 in simglucose adapts its step the same way).
+Step control: a patient normally takes ``base`` glucose steps a minute. When a Gershgorin
+bound of its glucose Jacobian times the step exceeds :data:`MAX_STIFFNESS_PER_STEP` (a large
+insulin action makes ``Gt`` stiff: ``Vmx X / Km0`` grows past 1/min after big boluses), or
+while digesting if its gut's worst-case bound (:func:`gut_stiffness`, a patient constant)
+times the gut step exceeds :data:`MAX_GUT_STIFFNESS_PER_STEP`, that patient's minute is
+recomputed with the smallest power-of-two multiple of ``base`` that satisfies the bound, as
+simglucose's adaptive dopri5 shortens its steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Final
 
@@ -31,8 +34,10 @@ from torch import Tensor
 
 from fedtwin.cohorts.population import VirtualPatientParams
 
-#: Largest Jacobian bound times step length allowed (RK4 is stable below about 2.78).
+#: Largest glucose-Jacobian bound times step length allowed (RK4 is stable below about 2.78).
 MAX_STIFFNESS_PER_STEP: Final = 1.0
+#: The same for the gut block, whose steep phase lasts only a minute or two per meal.
+MAX_GUT_STIFFNESS_PER_STEP: Final = 2.0
 #: Most RK4 steps per minute a patient may take.
 MAX_STEPS_PER_MINUTE: Final = 1024
 _PMOL_PER_U: Final = 6000.0
@@ -66,6 +71,8 @@ class Coefficients:
     d: Tensor
     pmol_per_kg_per_u: Tensor
     generator: Tensor
+    glucose_stiffness: Tensor
+    gut_steps: Tensor
 
     @classmethod
     def from_params(cls, p: VirtualPatientParams) -> Coefficients:
@@ -92,6 +99,8 @@ class Coefficients:
             d=p["d"],
             pmol_per_kg_per_u=_PMOL_PER_U / p["BW"],
             generator=_insulin_generator(p),
+            glucose_stiffness=p["k1"] + p["k2"] + p["ksc"] + p["kp2"],
+            gut_steps=_gut_steps(p),
         )
 
     def take(self, rows: Tensor) -> Coefficients:
@@ -128,6 +137,23 @@ class Blocks:
     def take(self, rows: Tensor) -> Blocks:
         """The states of some rows."""
         return Blocks(self.glucose[:, rows], self.gut[:, rows], self.insulin[:, rows])
+
+
+def gut_stiffness(p: VirtualPatientParams | Mapping[str, Tensor]) -> Tensor:
+    """Gershgorin bound of the gut Jacobian at the steepest point of gastric emptying, 1/min.
+
+    ``d(kgut Qsto2) / dQsto`` peaks where ``Qsto = b Dbar`` at about
+    ``2.5 (kmax - kmin) / 2 * b / (1 - b)``; with the linear terms the bound is
+    ``kabs + 2 kmax + 5 (kmax - kmin) / 2 * b / (1 - b)`` (at most 3.05 in the published 30).
+    """
+    half_range = (p["kmax"] - p["kmin"]) / 2.0
+    return p["kabs"] + 2.0 * p["kmax"] + 5.0 * half_range * p["b"] / (1.0 - p["b"])
+
+
+def _gut_steps(p: VirtualPatientParams) -> Tensor:
+    """RK4 steps per minute a patient's gut needs while digesting (at least 2)."""
+    needed = torch.ceil(gut_stiffness(p) / (2.0 * MAX_GUT_STIFFNESS_PER_STEP)).clamp_min(1.0)
+    return 2 * torch.exp2(torch.ceil(torch.log2(needed))).to(torch.int64)
 
 
 def _insulin_generator(p: VirtualPatientParams) -> Tensor:
@@ -265,26 +291,17 @@ def _integrate(
     return Blocks(glucose, gut, insulin[-_INSULIN_SIZE:]), insulin
 
 
-def _emptying_slope(gut: Tensor, c: Coefficients, u: MinuteInputs) -> Tensor:
-    """``|d kgut / d Qsto| * Qsto2``: the stiff part of the gut Jacobian."""
-    qsto = gut[0] + gut[1]
-    tanh_b = torch.tanh(torch.addcmul(u.neg_gut_a_b_dbar, u.gut_a, qsto))
-    tanh_d = torch.tanh(torch.addcmul(u.neg_gut_c_d_dbar, u.gut_c, qsto))
-    derivative = u.gut_a * (1.0 - tanh_b**2) - u.gut_c * (1.0 - tanh_d**2)
-    return (c.half_k_range * derivative * gut[1]).abs()
-
-
 def _steps_needed(
-    s: Blocks, end: Blocks, c: Coefficients, u: MinuteInputs, insulin: Tensor, base: int
+    c: Coefficients, u: MinuteInputs, insulin: Tensor, base: int, gut_idle: bool
 ) -> Tensor:
-    """Per-patient RK4 steps per minute from Gershgorin bounds of the two Jacobians."""
+    """Per-patient RK4 steps per minute: a multiple of ``base`` by a power of two."""
     x_peak = insulin[0:-_INSULIN_SIZE:2].amax(dim=0).clamp_min(0.0)
-    glucose_bound = c.k1 + c.k2 + c.ksc + c.kp2 + (u.vm0 + u.vmx * x_peak) / c.km0
-    slope = torch.maximum(_emptying_slope(s.gut, c, u), _emptying_slope(end.gut, c, u))
-    gut_bound = c.kabs + 2.0 * c.kmax + 2.0 * slope
-    per_minute = torch.maximum(glucose_bound, 0.5 * gut_bound) / MAX_STIFFNESS_PER_STEP
-    needed = torch.ceil(per_minute / base).clamp(1.0, MAX_STEPS_PER_MINUTE / base)
-    return base * torch.exp2(torch.ceil(torch.log2(needed))).to(torch.int64)
+    bound = torch.addcmul(u.vm0, u.vmx, x_peak).div_(c.km0).add_(c.glucose_stiffness)
+    needed = torch.ceil(bound / (MAX_STIFFNESS_PER_STEP * base))
+    if not gut_idle:
+        needed = torch.maximum(needed, torch.ceil(c.gut_steps / (2.0 * base)))
+    levels = torch.exp2(torch.ceil(torch.log2(needed.clamp(1.0, MAX_STEPS_PER_MINUTE / base))))
+    return base * levels.to(torch.int64)
 
 
 def advance_minute(
@@ -318,7 +335,7 @@ def advance_minute(
         States at the end of the minute.
     """
     result, insulin = _integrate(s, c, u, readout, base_steps, gut_idle)
-    steps = _steps_needed(s, result, c, u, insulin, base_steps)
+    steps = _steps_needed(c, u, insulin, base_steps, gut_idle)
     stiff = steps > base_steps
     if not bool(stiff.any()):
         return result

@@ -31,7 +31,8 @@ Method
 4. *Rejection* (:class:`PlausibilityLimits`): positive derived rates (``Vm0 > 0`` needs
    ``EGPb > Fsnc``; ``Gtb > 0``), ``kmin < kmax``, ``d < b``, no renal excretion at basal
    (``Gpb < ke2``), basal glucose and age in clinical ranges, basal insulin a plausible share
-   of ``TDI``, a *stable* steady state (every eigenvalue of the one-minute map's Jacobian inside
+   of ``TDI``, a gastric-emptying switch no steeper than the published ones allow, a *stable*
+   steady state (every eigenvalue of the one-minute map's Jacobian inside
    the unit circle), a basal-only simulation that stays at ``Gb``, and a standard meal
    (50 g, children scaled by body weight, bolused with the patient's own ``CR``) whose glucose
    stays in a clinical band, which ties the sampled therapy to the sampled physiology.
@@ -60,6 +61,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from fedtwin.cohorts._uva_padova_ode import gut_stiffness
 from fedtwin.cohorts.population import (
     N_STATES,
     AgeGroup,
@@ -85,8 +87,8 @@ FIXED_PARAMETERS = ("HEb", "f", "ke1", "ke2", "Fsnc", "dosekempt")
 _COLUMNS = (*LOG_PARAMETERS, *LOGIT_PARAMETERS, *THERAPY_VALUES)
 _GROUP_SEED = {AgeGroup.CHILD: 1, AgeGroup.ADOLESCENT: 2, AgeGroup.ADULT: 3}
 _MEAL_TEST_G = 50.0
-_BASAL_MIN = 180
-_MEAL_TEST_END_MIN = 480
+_BASAL_MIN = 60
+_MEAL_TEST_END_MIN = 360
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,17 @@ class PlausibilityLimits:
     meal_test_mg_dl : tuple[float, float], default (50.0, 300.0)
         Band the glucose must stay in during the standard meal test (published: 61-273).
     basal_drift_mg_dl : float, default 0.5
-        Largest departure from ``Gb`` allowed during 3 h on basal insulin alone.
+        Largest departure from ``Gb`` allowed during 1 h on basal insulin alone.
+    max_gut_stiffness_per_min : float, default 4.0
+        Largest worst-case gastric-emptying stiffness (:func:`gut_stiffness`; published
+        maximum 3.05): rejects emptying switches steeper than any published subject's.
     """
 
     basal_glucose_mg_dl: tuple[float, float] = (70.0, 180.0)
     basal_share_of_tdi: tuple[float, float] = (0.2, 0.8)
     meal_test_mg_dl: tuple[float, float] = (50.0, 300.0)
     basal_drift_mg_dl: float = 0.5
+    max_gut_stiffness_per_min: float = 4.0
 
     def __post_init__(self) -> None:
         for low, high in (self.basal_glucose_mg_dl, self.basal_share_of_tdi, self.meal_test_mg_dl):
@@ -316,6 +322,7 @@ def _static_checks(
         & (therapy["Age"] <= high_age)
         & (basal_share >= low_share)
         & (basal_share <= high_share)
+        & (gut_stiffness(p) <= limits.max_gut_stiffness_per_min)
     )
     finite = torch.stack([torch.isfinite(v) for v in (*p.values(), *therapy.values())]).all(0)
     return ok & finite
@@ -405,7 +412,8 @@ def sample_virtual_patients(
         Number of patients wanted (>= 1).
     seed : int
         Non-negative seed; candidates are drawn from ``numpy.random.SeedSequence(seed)``
-        spawned per group, in chunks, and accepted in order.
+        spawned per group and accepted in order, so the first ``k`` patients of a larger
+        sample are the sample of ``k``.
     spread : float, default 1.0
         Factor on the fitted standard deviations (0 < spread <= 3).
     limits : PlausibilityLimits or None, optional
@@ -432,9 +440,9 @@ def sample_virtual_patients(
     generator = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_GROUP_SEED[group],)))
     accepted: list[VirtualPatientParams] = []
     have = drawn = 0
-    chunk = max(64, 2 * n)
+    chunk = min(2048, n + n // 2 + 8)
     while have < n:
-        if drawn >= 100 * n + 10 * chunk:
+        if drawn >= 100 * n + 1000:
             raise ConfigError(
                 f"only {have} of {drawn} sampled {group.value} patients were plausible"
             )
