@@ -33,7 +33,9 @@ def replay(
     population_seed: Annotated[
         int | None, typer.Option(help="seed of the sampled population (sampled names only)")
     ] = None,
-    substeps: Annotated[int, typer.Option(help="RK4 steps per minute (advanced)")] = 1,
+    substeps: Annotated[
+        int, typer.Option(help="RK4 steps per minute of a non-stiff patient (1-16)")
+    ] = 2,
 ) -> None:
     """Replay one patient minute by minute; write the noise-free glucose before each minute.
 
