@@ -64,6 +64,7 @@ from fedtwin.consent import (
 from fedtwin.errors import BudgetExhausted, ConfigError, ConsentDenied, VerificationError
 from fedtwin.federation.config import RunConfig, SiteConfig
 from fedtwin.federation.sitedata import SiteData, load_site_data, patient_batch
+from fedtwin.fhir import load_or_create_site_secret
 from fedtwin.privacy import (
     LedgerCheck,
     PrivacyLedger,
@@ -228,6 +229,39 @@ def _already_released(
         )
     state = load_file(str(path))
     return TrainOutcome(state, json.loads(metadata["metrics"]), update_digest(state))
+
+
+def round_record_path(site: SiteConfig, run_id: str, server_round: int) -> Path:
+    """The site-local record of who a round trained on and why each patient was in or out."""
+    return site.state_dir / "rounds" / run_id / f"round-{server_round}.json"
+
+
+def _record_round(
+    site: SiteConfig,
+    run: RunConfig,
+    server_round: int,
+    trained: tuple[str, ...],
+    admission: RoundAdmission,
+) -> None:
+    # Kept at the site only (keyed pseudonyms): lets the site show an auditor, for any patient
+    # of any round, whether it was used and which consent decided it.
+    secret = load_or_create_site_secret(site.state_dir)
+    decisions = admission.snapshot.decision_log(secret) if admission.snapshot else []
+    path = round_record_path(site, run.run_id, server_round)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"run_id": run.run_id, "round": server_round, "trained": sorted(trained)}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({**document, "decisions": decisions}, indent=1) + "\n")
+    partial.replace(path)
+
+
+def trained_pseudonyms(site: SiteConfig, run_id: str) -> set[str]:
+    """Every patient (keyed pseudonym) any round of ``run_id`` trained on at this site."""
+    folder = site.state_dir / "rounds" / run_id
+    trained: set[str] = set()
+    for path in sorted(folder.glob("round-*.json")) if folder.is_dir() else []:
+        trained.update(json.loads(path.read_text())["trained"])
+    return trained
 
 
 def _rounds_file(site: SiteConfig) -> Path:
@@ -441,6 +475,7 @@ def _train_round(
         digest=digest,
     )
     _release(site, run, server_round, global_digest, outcome)
+    _record_round(site, run, server_round, batch.pseudonyms, admission)
     committed = _budget_numbers(site, ledger.can_spend(spent, consortium_cap), spent)
     committed["epsilon_before"], committed["epsilon_after"] = check.epsilon_before, epsilon
     with party.log.batch():

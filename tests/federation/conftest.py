@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from site_trees import SMALL, SiteTree, relocated
 
-from fedtwin.demo import generate_sites
+from fedtwin.demo import DemoConfig, DemoResult, generate_sites, run_demo
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +32,21 @@ def site_tree(pristine_sites: SiteTree, tmp_path: Path) -> SiteTree:
         pristine_sites.config,
         tuple(relocated(s, pristine_sites.root, root) for s in pristine_sites.sites),
     )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
+    """A whole demo run: 3 sites x 60 patients x 0.5 day, 2 rounds (Flower simulation)."""
+    out = tmp_path_factory.mktemp("runs")
+    config = DemoConfig(
+        rounds=2,
+        sites=3,
+        patients_per_site=60,
+        days=0.5,
+        local_steps=5,
+        batch_patients=16,
+        min_eligible_patients=5,
+        seed=3,
+        out=out,
+    )
+    return run_demo(config, run_id="test-run")

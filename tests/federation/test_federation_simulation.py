@@ -13,30 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from fedtwin.audit import audit_run, load_verifier_key, verify_log
-from fedtwin.demo import DemoConfig, DemoResult, run_demo
+from fedtwin.demo import DemoResult
 from fedtwin.federation import RunConfig
 from fedtwin.federation.server import initial_model
 from fedtwin.federation.sitedata import load_site_data
 from fedtwin.privacy import AccountantKind, PrivacyLedger, epsilon_spent
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
-    out = tmp_path_factory.mktemp("runs")
-    config = DemoConfig(
-        rounds=2,
-        sites=3,
-        patients_per_site=60,
-        days=0.5,
-        local_steps=5,
-        batch_patients=16,
-        min_eligible_patients=5,
-        seed=3,
-        out=out,
-    )
-    return run_demo(config, run_id="test-run")
 
 
 def _run_config(demo_run: DemoResult) -> RunConfig:
