@@ -3,7 +3,8 @@
 Invariant: :func:`advance_minute` maps the three state blocks of ``B`` patients over one
 minute with inputs held constant, and row ``b`` of its result depends only on row ``b`` of its
 arguments: the number of RK4 steps is chosen *per patient* from that patient's own stiffness,
-so no patient's accuracy or result depends on who else is in the batch.
+so no patient's accuracy or result depends on who else is in the batch (beyond the last-bit
+rounding of vectorised ``tanh``, which can differ between SIMD lanes).
 
 - Insulin block ``Ip, X, I1, Id, Il, Isc1, Isc2``: linear with a constant input, advanced
   exactly by the matrix exponential of ``[[A, b, c0], 0]`` (scaling and squaring with a

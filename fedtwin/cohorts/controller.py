@@ -47,6 +47,17 @@ class PumpLimits:
         if min(self.max_bolus_u, self.max_basal_u_per_h) < 0.0:
             raise ConfigError("pump maxima must be non-negative")
 
+    @classmethod
+    def cozmo(cls) -> PumpLimits:
+        """Return simglucose's Cozmo pump (max bolus 75 U, max basal 35 U/h, 0.05 steps).
+
+        Returns
+        -------
+        PumpLimits
+            The Cozmo limits.
+        """
+        return cls(max_bolus_u=75.0, max_basal_u_per_h=35.0)
+
     def bolus_u(self, dose_u: Tensor) -> Tensor:
         """Round a requested bolus to the pump's increment and clip it to its limits.
 

@@ -6,6 +6,13 @@ every reading it returns lies in ``[min_mg_dl, max_mg_dl]``. Noise follows simgl
 a Gaussian AR(1) process ``e_k = PACF * (e_{k-1} + n_k)`` on a 15-minute grid, passed through
 the Johnson-SU transform ``xi + lambda * sinh((e - gamma) / delta)``, then linearly
 interpolated to the sensor's sample grid (simglucose interpolates cubically).
+
+Lag: no extra blood-to-interstitium delay is added, because the model's glucose output is
+already the subcutaneous compartment ``Gs`` (``dGs/dt = ksc (Gp - Gs)``, a first-order lag of
+``1/ksc`` = 6.6-19.9 min behind plasma glucose in the 30 published subjects), which is also what
+simglucose's sensors read. Calibration range: readings are clipped to ``[min_mg_dl,
+max_mg_dl]`` (39-600 mg/dL for GuardianRT and Dexcom, 32-600 for Navigator). Signal loss is
+drawn per patient by :class:`fedtwin.cohorts.SensorDropout` and shows as missing readings.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ announced carbohydrate joins a planned meal eaten at up to 5 g/min, gastric empt
 stomach content at meal start plus the food taken since (``Dbar``), renal excretion above
 ``ke2``, ``max(EGP, 0)``, and ``(x >= 0) * dx`` clamps on the glucose states. Inputs are held
 constant within the minute. All arithmetic is ``float64``; batch rows never interact (row ``i``
-of every output depends only on row ``i`` of the inputs, step sizes included), and a run
+of every output depends only on row ``i`` of the inputs, step sizes included, up to the last
+bit of vectorised ``tanh``, which may round differently in another SIMD lane), and a run
 restored from a :class:`T1DCheckpoint` continues bit-identically to the run that wrote it.
 
 How the minute is integrated (exact insulin block, RK4 gut and glucose blocks, per-patient

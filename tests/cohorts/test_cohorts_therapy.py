@@ -66,6 +66,9 @@ def test_pump_rounds_and_clips() -> None:
     )
     rates = pump.basal_u_per_min(torch.tensor([0.836 / 60, 40.0 / 60]))
     assert (rates * 60).tolist() == pytest.approx([0.85, 30.0])
+    cozmo = PumpLimits.cozmo()
+    assert cozmo.bolus_u(torch.tensor([80.0])).tolist() == [75.0]
+    assert (cozmo.basal_u_per_min(torch.tensor([40.0 / 60])) * 60).tolist() == pytest.approx([35.0])
 
 
 def test_ideal_bolus_formula() -> None:
