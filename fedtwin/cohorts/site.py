@@ -197,6 +197,40 @@ class SiteBatch:
         """Site-local patient ids ``<site_id>-<index:06d>`` (pseudonymise before export)."""
         return tuple(f"{self.spec.site_id}-{i:06d}" for i in self.patient_index.tolist())
 
+    @property
+    def basal_u_per_h(self) -> Tensor:
+        """Basal rate delivered in each bin (insulin minus boluses), U/h, ``[b, n_bins]``."""
+        t = self.trajectory
+        return (t.insulin_u - t.bolus_u) * (60.0 / t.step_min)
+
+    @property
+    def start(self) -> dt.datetime:
+        """UTC time of the start of bin 0 (the site's start date and clock time)."""
+        midnight = dt.datetime.combine(self.spec.start_date, dt.time(), tzinfo=dt.UTC)
+        return midnight + dt.timedelta(minutes=self.spec.start_minute_of_day)
+
+    def birth_dates(self) -> tuple[dt.date, ...]:
+        """Birth date of each patient, consistent with its age at the start.
+
+        The day of the year is drawn from the site seed and the patient index, so exports are
+        reproducible.
+
+        Returns
+        -------
+        tuple[datetime.date, ...]
+            One date per row.
+        """
+        dates = []
+        for index, age in zip(
+            self.patient_index.tolist(), self.params.age_years.tolist(), strict=True
+        ):
+            rng = np.random.default_rng(
+                np.random.SeedSequence(self.spec.seeds()[2], spawn_key=(index,))
+            )
+            days = int(age * 365.25) + int(rng.integers(0, 365))
+            dates.append(self.spec.start_date - dt.timedelta(days=days))
+        return tuple(dates)
+
     def series(self) -> CohortSeries:
         """The batch as a :class:`~fedtwin.cohorts.CohortSeries` (float32, CGM ``NaN`` gaps)."""
         return self.trajectory.to_cohort_series(self.spec.start_minute_of_day)
