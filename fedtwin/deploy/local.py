@@ -123,12 +123,15 @@ def build_local_deployment(
     rounds: int,
     executor: ClientAppExecutor = "warm",
     seed: int = 0,
+    task_poll_interval_s: float = 0.1,
 ) -> LocalDeployment:
     """Write the PKI, the coordinator config and one config per site under ``root``.
 
     ``site_documents`` are the sites' ``[site]`` tables (a dumped
     :class:`~fedtwin.federation.SiteConfig` each), ``consortium_dir`` the ServerApp's
     consortium folder (policy, coordinator audit key, site audit keys).
+    ``task_poll_interval_s`` is the SuperExec's task polling interval on both sides (Flower's
+    default is 1 s).
     """
     pki = PkiLayout(root / "pki")
     init_consortium(pki.root, CONSORTIUM_NAME, DEFAULT_HOSTS)
@@ -142,6 +145,7 @@ def build_local_deployment(
         f'state_dir = "{(root / "coordinator-state").resolve()}"\n'
         f'address = "127.0.0.1:{port}"\n'
         'listen_host = "127.0.0.1"\n'
+        f"task_poll_interval_s = {task_poll_interval_s}\n"
         f'consortium_dir = "{consortium_dir.resolve()}"\n\n'
         "[run]\n"
         f'project_dir = "{flower_app_dir()}"\n'
@@ -163,6 +167,7 @@ def build_local_deployment(
             "supernode_key": str(bundle.supernode_key.resolve()),
             "runtime_port": free_port(),
             "clientapp_executor": executor,
+            "task_poll_interval_s": task_poll_interval_s,
         }
         path = root / "sites" / f"{site_id}.toml"
         path.write_text(site_toml(dict(document), node))
