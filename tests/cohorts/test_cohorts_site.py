@@ -90,3 +90,19 @@ def test_sampled_population_is_named_per_group() -> None:
 def test_impossible_specs_are_rejected(update: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         SiteSpec.model_validate({**SPEC.model_dump(), **update})
+
+
+def test_export_helpers_are_consistent(batches: list[SiteBatch]) -> None:
+    batch = batches[0]
+    t = batch.trajectory
+    basal = batch.basal_u_per_h * t.step_min / 60.0
+    assert torch.allclose(basal + t.bolus_u, t.insulin_u) and bool((basal >= 0).all())
+    assert batch.start.isoformat() == "2025-01-06T07:00:00+00:00"
+    born = batch.birth_dates()
+    assert born == batch.birth_dates()
+    for date, age in zip(born, batch.params.age_years.tolist(), strict=True):
+        assert int((SPEC.start_date - date).days // 365.25) in (
+            int(age),
+            int(age) - 1,
+            int(age) + 1,
+        )
