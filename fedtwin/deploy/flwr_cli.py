@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,11 @@ class FlwrCli:
         )
 
     def follow_logs(self, run_id: int, on_line: Callable[[str], None], timeout_s: float) -> None:
-        """Stream the run's logs (``flwr log --stream``) line by line until the run ends."""
+        """Stream the run's logs (``flwr log --stream``) line by line until the run ends.
+
+        The stream is killed after ``timeout_s`` whatever it is doing (a watchdog thread), so a
+        stalled run never blocks the caller forever.
+        """
         command = [str(flower_bin() / "flwr"), "log", str(run_id), CONNECTION_NAME, "--stream"]
         with subprocess.Popen(
             command,
@@ -163,12 +168,15 @@ class FlwrCli:
             text=True,
             start_new_session=True,
         ) as stream:
-            assert stream.stdout is not None
+            watchdog = threading.Timer(timeout_s, stream.kill)
+            watchdog.start()
             try:
-                for line in stream.stdout:
-                    on_line(line.rstrip("\n"))
-                stream.wait(timeout=timeout_s)
+                if stream.stdout is not None:
+                    for line in stream.stdout:
+                        on_line(line.rstrip("\n"))
+                stream.wait()
             finally:
+                watchdog.cancel()
                 if stream.poll() is None:
                     stream.kill()
                     stream.wait()

@@ -29,6 +29,7 @@ from fedtwin.pki.tls import load_certificate
 SUPERNODE = "supernode"
 WARM_EXECUTOR = "warm-executor"
 ADMITTED = re.compile(r"SuperNode ID: (\d+)")
+EXECUTOR_READY = "fedtwin warm executor: taking ClientApp tasks"
 _REFUSALS = (
     ("[code: 2004]", "refused by the coordinator: this site's SuperNode key is not registered"),
     ("[code: 2001]", "refused by the coordinator: it requires SuperNode authentication"),
@@ -155,13 +156,21 @@ class SiteNode:
             raise FederationError(f"site {self.site_id} did not join: {reason}")
         match = ADMITTED.search(log_text)
         node_id = int(match.group(1)) if match else 0
-        # (6): the warm executor takes the ClientApp tasks (isolation "process").
+        # (6): the warm executor takes the ClientApp tasks (isolation "process"); a node
+        # whose executor cannot start would accept tasks it never runs, so it is stopped too.
         if self.node.clientapp_executor == "warm":
-            self.executor.start(
-                warm_executor_command(self.node),
-                env,
-                cwd=self.folder,
-            )
+            executor_offset = self.executor.log_size()
+            self.executor.start(warm_executor_command(self.node), env, cwd=self.folder)
+
+            def executing() -> bool:
+                return EXECUTOR_READY in self.executor.log_since(executor_offset)
+
+            if not self.executor.wait_until(executing, self.node.connect_timeout_s, 0.3):
+                last = "; ".join(self.executor.tail(2)) or "no output"
+                self.stop()
+                raise FederationError(
+                    f"site {self.site_id}: the warm ClientApp executor did not start: {last}"
+                )
         return node_id
 
     def stop(self) -> bool:
