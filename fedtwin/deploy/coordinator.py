@@ -168,7 +168,13 @@ class Coordinator:
             connection_toml(self.section.address, self.pki.ca_cert)
         )
         # (7): registration.
-        return warnings, self.register_sites()
+        try:
+            return warnings, self.register_sites()
+        except FederationError as error:
+            raise FederationError(
+                f"the SuperLink is running, but registering the sites failed ({error}); "
+                "fix it and run `fedtwin coordinator register`"
+            ) from error
 
     def register_sites(self) -> list[Registration]:
         """Register every enrolled site's SuperNode key that the SuperLink does not hold yet."""

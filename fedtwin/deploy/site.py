@@ -127,6 +127,7 @@ class SiteNode:
         self.preflight()
         if self.supernode.status().pid is not None:
             raise ConfigError(f"site {self.site_id}: its SuperNode is already running")
+        self.executor.stop(grace_s=5.0)  # an executor left behind by a node that died
         (self.state_dir / "flwr-home").mkdir(parents=True, exist_ok=True)
         env = self._env()
         # (4): start in the config's folder (relative [site] paths are relative to it).
