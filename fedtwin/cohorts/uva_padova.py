@@ -32,6 +32,7 @@ from fedtwin.cohorts._uva_padova_ode import (
     MinuteInputs,
     advance_minute,
     insulin_readout,
+    step_propagator,
 )
 from fedtwin.cohorts.population import N_STATES, VirtualPatientParams
 from fedtwin.errors import ConfigError
@@ -168,7 +169,8 @@ class BatchedT1DPatient:
         self._coef = Coefficients.from_params(params)
         self._substeps = substeps
         self._inv_vg = 1.0 / params["Vg"]
-        self._readout = insulin_readout(self._coef.generator, substeps)
+        self._propagators: dict[int, Tensor] = {}
+        self._readout = insulin_readout(self._propagator(substeps), 2 * substeps)
         self.reset(initial_state)
 
     def reset(self, initial_state: Tensor | None = None) -> None:
@@ -411,5 +413,17 @@ class BatchedT1DPatient:
             vmx=vmx,
         )
         self._blocks = advance_minute(
-            self._blocks, c, inputs, self._readout, self._substeps, self._gut_idle
+            self._blocks,
+            c,
+            inputs,
+            self._readout,
+            self._substeps,
+            self._gut_idle,
+            self._propagator,
         )
+
+    def _propagator(self, steps: int) -> Tensor:
+        """Exact insulin propagator over half an RK4 step of ``steps`` steps, cached."""
+        if steps not in self._propagators:
+            self._propagators[steps] = step_propagator(self._coef.generator, 2 * steps)
+        return self._propagators[steps]
