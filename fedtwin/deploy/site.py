@@ -185,7 +185,7 @@ class SiteNode:
         log_text = self.supernode.log_since(0)
         ids = ADMITTED.findall(log_text)
         executor = self.executor.status() if self.node.clientapp_executor == "warm" else None
-        tasks = self.executor.log_since(0).count("fedtwin warm executor: task ")
+        tasks = self.executor.log_since(0).count(" fedtwin warm executor: task ")
         if self.node.clientapp_executor == "subprocess":
             tasks = log_text.count("Start `flwr-clientapp` process")
         return SiteNodeStatus(

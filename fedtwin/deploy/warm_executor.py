@@ -88,7 +88,8 @@ def serve(runtime_api_address: str, poll_interval_s: float) -> None:
                     sys.stderr.flush()
                     os._exit(code)
             print(
-                f"fedtwin warm executor: task {response.task.task_id} in child {child} "
+                f"{time.strftime('%m/%d/%Y %H:%M:%S')} fedtwin warm executor: task "
+                f"{response.task.task_id} in child {child} "
                 f"(fork {1000 * (time.monotonic() - started):.0f} ms)",
                 flush=True,
             )
