@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from fedtwin.cli import audit, cohort, consent, coordinator, pki, privacy, site
+from fedtwin.cli import audit, cohort, consent, coordinator, pki, privacy, site, twin
 from fedtwin.errors import ConfigError, FedTwinError, IngestError
 
 EXIT_FAILURE = 1
@@ -32,6 +32,7 @@ app.add_typer(cohort.app, name="cohort")
 app.add_typer(pki.app, name="pki")
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(twin.app, name="twin")
 
 
 def fail(message: str, code: int) -> NoReturn:
