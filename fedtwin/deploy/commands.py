@@ -109,8 +109,11 @@ def supernode_command(node: NodeSection, site_config: Path) -> list[str]:
     ]
 
 
-def warm_executor_command(node: NodeSection) -> list[str]:
-    """The warm ClientApp executor (fedtwin's) attached to the SuperNode's local Runtime API."""
+def warm_executor_command(node: NodeSection, site_config: Path) -> list[str]:
+    """The warm ClientApp executor (fedtwin's) attached to the SuperNode's local Runtime API.
+
+    It reads the site's policy (``approved_app_hashes``) through ``site_config`` for each task.
+    """
     return [
         sys.executable,
         "-m",
@@ -119,6 +122,8 @@ def warm_executor_command(node: NodeSection) -> list[str]:
         f"127.0.0.1:{node.runtime_port}",
         "--poll-interval",
         f"{node.task_poll_interval_s:g}",
+        "--site-config",
+        str(site_config.resolve()),
     ]
 
 

@@ -113,6 +113,11 @@ class NodeSection(BaseModel):
     clientapp_executor: ClientAppExecutor = Field(
         "warm", description="warm: one long-lived process imports torch once; subprocess: Flower"
     )
+    enforce_app_approval: bool = Field(
+        True,
+        description="false only with the subprocess executor, for benchmarks: Flower's own "
+        "executor installs and imports the app before any site code could check its hash",
+    )
     task_poll_interval_s: float = Field(0.1, ge=0.01, le=60)
     connect_timeout_s: float = Field(90.0, gt=0, le=3600)
     node_state_dir: Path | None = Field(

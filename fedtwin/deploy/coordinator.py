@@ -220,6 +220,16 @@ class Coordinator:
             process, self.section.address, nodes, self.refusals(), tuple(warnings)
         )
 
+    def app_digest(self) -> str:
+        """The app hash (FAB digest) of the Flower app ``run`` submits: what sites approve."""
+        from fedtwin.deploy.app_gate import flower_app_digest
+
+        scratch = self.state_dir / "app-digest"
+        try:
+            return flower_app_digest(copy_flower_app(self.config.run.project_dir, scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def run(
         self,
         run_label: str,

@@ -9,6 +9,8 @@ hospitals would each set up by hand (see ``server/README.md`` and ``client/READM
       pki/                       ``fedtwin pki init`` + ``enroll-site`` for every site
       server/coordinator.toml    the coordinator's config (loopback, a free port)
       sites/<site-id>.toml       each site's config: the demo's ``[site]`` table + a ``[node]``
+                                 (and each site policy approves the app's hash, as a site
+                                 does after reviewing the consortium's Flower app)
       runs/                      run outputs
 
 Invariants: the coordinator listens on 127.0.0.1 only; every site joins over HTTPS with its own
@@ -154,7 +156,10 @@ def build_local_deployment(
         f"min_sites = {len(site_documents)}\n"
         f"seed = {seed}\n"
     )
+    from fedtwin.deploy.app_gate import approve_app
+
     coordinator = Coordinator(load_coordinator_config(config_path))
+    digest = coordinator.app_digest() if executor == "warm" else None
     configs = []
     (root / "sites").mkdir(parents=True, exist_ok=True)
     for document in site_documents:
@@ -167,8 +172,11 @@ def build_local_deployment(
             "supernode_key": str(bundle.supernode_key.resolve()),
             "runtime_port": free_port(),
             "clientapp_executor": executor,
+            "enforce_app_approval": None if executor == "warm" else False,
             "task_poll_interval_s": task_poll_interval_s,
         }
+        if digest is not None:  # each site reviewed the consortium's app and approved it
+            approve_app(Path(str(document["site_policy"])), digest)
         path = root / "sites" / f"{site_id}.toml"
         path.write_text(site_toml(dict(document), node))
         configs.append(path)

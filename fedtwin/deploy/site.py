@@ -8,7 +8,10 @@ executor, starts the long-lived ClientApp executor beside it.
 
 Pre-start checks, each fail-closed: (1) the ``[site]`` table validates
 (:func:`fedtwin.federation.load_site_config`); (2) the CA file is a certificate; (3) the
-SuperNode key is ``0600``, OpenSSH, ECDSA P-384.
+SuperNode key is ``0600``, OpenSSH, ECDSA P-384; (4) the app-hash approval of the site policy
+is enforced: only the warm executor can (:mod:`.app_gate`), so Flower's own ``subprocess``
+executor is refused unless ``enforce_app_approval = false`` says, for a benchmark, that it
+is not.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class SiteNode:
         self.executor = ManagedProcess(WARM_EXECUTOR, self.state_dir)
 
     def preflight(self) -> None:
-        """Checks (1)–(3) of the module docstring."""
+        """Checks (1)–(4) of the module docstring."""
         from fedtwin.federation import load_site_config
 
         # (1): the site's own settings.
@@ -118,6 +121,19 @@ class SiteNode:
         )
         # (3): the SuperNode key.
         check_supernode_private_key(self.node.supernode_key)
+        # (4): app-hash approval can be enforced (only the warm executor checks the FAB).
+        executor, enforce = self.node.clientapp_executor, self.node.enforce_app_approval
+        if executor == "subprocess" and enforce:
+            raise ConfigError(
+                f'{self.config_path}: clientapp_executor = "subprocess" cannot check the app '
+                'hash against the site policy; use "warm" (or, for a benchmark only, '
+                "enforce_app_approval = false)"
+            )
+        if executor == "warm" and not enforce:
+            raise ConfigError(
+                f"{self.config_path}: the warm executor always checks the app hash; remove "
+                "enforce_app_approval = false"
+            )
 
     def _env(self) -> dict[str, str]:
         return flower_environment(self.state_dir / "flwr-home", self.node.task_poll_interval_s)
@@ -161,7 +177,9 @@ class SiteNode:
         # whose executor cannot start would accept tasks it never runs, so it is stopped too.
         if self.node.clientapp_executor == "warm":
             executor_offset = self.executor.log_size()
-            self.executor.start(warm_executor_command(self.node), env, cwd=self.folder)
+            self.executor.start(
+                warm_executor_command(self.node, self.config_path), env, cwd=self.folder
+            )
 
             def executing() -> bool:
                 return EXECUTOR_READY in self.executor.log_since(executor_offset)

@@ -15,7 +15,9 @@ Invariants:
   modules (``client.app`` of the run's FAB) are never pre-imported, so every task loads the
   code of the FAB it was sent, as Flower's own executor would;
 * it talks only to the SuperNode's local Runtime API (loopback, plain HTTP as with Flower's own
-  SuperExec in this mode), never to the coordinator.
+  SuperExec in this mode), never to the coordinator;
+* every task passes the site's app-hash gate (:mod:`.app_gate`): a FAB whose digest the site
+  policy does not approve is neither installed nor imported, and the task is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 PRELOAD = ("fedtwin.federation",)
@@ -40,24 +43,13 @@ def _reap_children() -> None:
         pass
 
 
-def _run_task(runtime_api_address: str, token: str, parent_pid: int) -> int:
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+def _run_task(runtime_api_address: str, token: str, parent_pid: int, site_config: Path) -> int:
+    from fedtwin.deploy.app_gate import run_gated_clientapp
 
-    try:
-        run_clientapp(
-            runtime_api_address=runtime_api_address,
-            token=token,
-            insecure=True,
-            certificates=None,
-            parent_pid=parent_pid,
-            runtime_dependency_install=False,
-        )
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    return run_gated_clientapp(runtime_api_address, token, parent_pid, site_config)
 
 
-def serve(runtime_api_address: str, poll_interval_s: float) -> None:
+def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -> None:
     """Take ClientApp tasks from the SuperNode forever, one forked child per task."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -82,7 +74,7 @@ def serve(runtime_api_address: str, poll_interval_s: float) -> None:
             if child == 0:
                 code = 1
                 try:
-                    code = _run_task(runtime_api_address, response.token, os.getppid())
+                    code = _run_task(runtime_api_address, response.token, os.getppid(), site_config)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
@@ -106,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--poll-interval", type=float, default=0.1)
+    parser.add_argument(
+        "--site-config", type=Path, required=True, help="site.toml (its policy approves apps)"
+    )
     args = parser.parse_args(argv)
     if not 0.01 <= args.poll_interval <= 60:
         parser.error("--poll-interval must be between 0.01 and 60 seconds")
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         importlib.import_module(module)
     print(f"fedtwin warm executor: libraries imported in {time.monotonic() - started:.1f} s")
     signal.signal(signal.SIGTERM, _stop)
-    serve(args.runtime_api_address, args.poll_interval)
+    serve(args.runtime_api_address, args.poll_interval, args.site_config.resolve())
 
 
 if __name__ == "__main__":

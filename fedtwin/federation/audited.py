@@ -52,6 +52,7 @@ REFUSAL_REASONS = {
     4103: "data-invalid",
     4104: "policy-or-consent-refused",
     4105: "integrity-refused",
+    4106: "app-not-approved",
 }
 
 

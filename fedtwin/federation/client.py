@@ -50,6 +50,7 @@ REFUSED_CONFIG = 4102
 REFUSED_DATA = 4103
 REFUSED_POLICY = 4104
 REFUSED_INTEGRITY = 4105
+REFUSED_APP = 4106  # the app bundle is not approved by the site (fedtwin.deploy.app_gate)
 
 _REFUSAL_CODES: tuple[tuple[type[Exception], int], ...] = (
     (BudgetExhausted, REFUSED_BUDGET),
