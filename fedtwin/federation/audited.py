@@ -184,7 +184,18 @@ class AuditedStrategy(Strategy):
                     num_examples=int(examples) if isinstance(examples, int | float) else 0,
                 )
                 identified.append(reply)
+            short_before = len(self.inner.short_rounds)
             aggregated, metrics = self.inner.aggregate_train(server_round, identified)
+            for short in self.inner.short_rounds[short_before:]:
+                log.record(
+                    ErrorRaised,
+                    run_id=run_id,
+                    round=server_round,
+                    where=f"round {server_round} aggregation",
+                    error_class="QuorumNotMet",
+                    message=f"{short.accepted} accepted updates, fewer than min_updates "
+                    f"{short.required}: the global model is unchanged",
+                )
             for rejection in self.inner.rejected[rejected_before:]:
                 log.record(
                     UpdateRejected,

@@ -71,6 +71,12 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     round_timeout_s: float = Field(600.0, gt=0)
     max_update_norm: float = Field(50.0, gt=0, description="coordinator rejects larger updates")
+    max_norm_ratio: float | None = Field(
+        10.0, gt=1, description="reject an update > this x the median norm of the round's others"
+    )
+    min_updates: int = Field(
+        1, ge=1, le=1000, description="accepted updates a round needs to change the model"
+    )
     eval_stride_steps: int = Field(3, ge=1, le=288)
     central_dp: CentralDpConfig | None = None
 

@@ -132,7 +132,12 @@ def build_strategy(run: RunConfig, collector: RoundCollector) -> ValidatedStrate
             clipping_norm=run.central_dp.clipping_norm,
             num_sampled_clients=run.min_sites,
         )
-    return ValidatedStrategy(inner, max_update_norm=run.max_update_norm)
+    return ValidatedStrategy(
+        inner,
+        max_update_norm=run.max_update_norm,
+        max_norm_ratio=run.max_norm_ratio,
+        min_updates=run.min_updates,
+    )
 
 
 def _app_digest(grid: Grid) -> str:

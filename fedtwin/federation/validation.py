@@ -1,9 +1,14 @@
 """Coordinator-side validation of site updates, as a wrapper around any Message-API strategy.
 
 A reply is aggregated only if (1) it carries exactly the global model's arrays with the same
-shapes, (2) every value is finite, and (3) the L2 norm of its change from the global model is at
-most ``max_update_norm``. Anything else is dropped before aggregation and recorded with the
-site and the reason; the wrapped strategy never sees it. The wrapper holds no aggregation logic.
+shapes and dtypes, (2) every value is finite, (3) the L2 norm of its change from the global
+model is at most ``max_update_norm``, and (4) that norm is at most ``max_norm_ratio`` times the
+median norm of the *other* updates of the round that passed (1)–(3) (a leave-one-out median, so
+the rule works from two updates on; with one update only (3) applies). Anything else is dropped
+before aggregation and recorded with the site and the reason; the wrapped strategy never sees
+it. A round with fewer than ``min_updates`` accepted updates is not aggregated at all (the
+global model stays as it was) and is recorded in :attr:`ValidatedStrategy.short_rounds`. The
+wrapper holds no aggregation logic.
 """
 
 from __future__ import annotations
@@ -44,14 +49,32 @@ def site_of(message: Message) -> str:
     return str(record["site-id"]) if record is not None and "site-id" in record else "?"
 
 
+@dataclass(frozen=True)
+class ShortRound:
+    """A round that was not aggregated: fewer accepted updates than ``min_updates``."""
+
+    server_round: int
+    accepted: int
+    required: int
+
+
 class ValidatedStrategy(Strategy):
     """Drop malformed, non-finite or oversized updates, then delegate to ``inner``."""
 
-    def __init__(self, inner: Strategy, max_update_norm: float) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        max_update_norm: float,
+        max_norm_ratio: float | None = None,
+        min_updates: int = 1,
+    ) -> None:
         self.inner = inner
         self.max_update_norm = max_update_norm
+        self.max_norm_ratio = max_norm_ratio
+        self.min_updates = min_updates
         self.rejected: list[RejectedUpdate] = []
         self.refusals: list[SiteRefusal] = []
+        self.short_rounds: list[ShortRound] = []
         self._global: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
@@ -73,7 +96,7 @@ class ValidatedStrategy(Strategy):
         A refusal never reaches the inner strategy: Flower's DP wrappers would skip the whole
         round's aggregation for one refusing site.
         """
-        accepted: list[Message] = []
+        passed: list[tuple[Message, float]] = []
         for reply in replies:
             if reply.has_error():
                 self.refusals.append(
@@ -85,11 +108,28 @@ class ValidatedStrategy(Strategy):
                     )
                 )
                 continue
-            reason = self._problem(reply)
+            reason, norm = self._problem(reply)
             if reason is None:
-                accepted.append(reply)
+                passed.append((reply, norm))
             else:
                 self.rejected.append(RejectedUpdate(server_round, site_of(reply), reason))
+        accepted: list[Message] = []
+        for index, (reply, norm) in enumerate(passed):
+            # (4): bounded relative to the round's other updates (leave-one-out median).
+            others = [n for i, (_, n) in enumerate(passed) if i != index]
+            reference = float(np.median(others)) if others else 0.0
+            ratio = self.max_norm_ratio
+            if ratio is not None and reference > 0 and norm > ratio * reference:
+                reason = (
+                    f"update norm {norm:.3g} exceeds {ratio:g} x the median "
+                    f"{reference:.3g} of the round's other updates"
+                )
+                self.rejected.append(RejectedUpdate(server_round, site_of(reply), reason))
+                continue
+            accepted.append(reply)
+        if len(accepted) < self.min_updates:
+            self.short_rounds.append(ShortRound(server_round, len(accepted), self.min_updates))
+            return None, None
         return self.inner.aggregate_train(server_round, accepted)
 
     def configure_evaluate(
@@ -104,24 +144,31 @@ class ValidatedStrategy(Strategy):
         """Delegate."""
         return self.inner.aggregate_evaluate(server_round, replies)
 
-    def _problem(self, reply: Message) -> str | None:
+    def _problem(self, reply: Message) -> tuple[str | None, float]:
+        """Checks (1)–(3): the reason to reject (or None) and the update's norm."""
         records = list(reply.content.array_records.values())
-        # (1): exactly the global model's arrays, same shapes.
+        # (1): exactly the global model's arrays, same shapes and dtypes.
         if len(records) != 1:
-            return f"expected one array record, got {len(records)}"
-        update = {key: value.numpy() for key, value in records[0].items()}
+            return f"expected one array record, got {len(records)}", 0.0
+        try:
+            update = {key: value.numpy() for key, value in records[0].items()}
+        except (ValueError, TypeError) as error:
+            return f"arrays cannot be read ({error})", 0.0
         if update.keys() != self._global.keys():
-            return "arrays do not match the global model's keys"
+            return "arrays do not match the global model's keys", 0.0
         squared = 0.0
         for key, value in update.items():
-            if value.shape != self._global[key].shape:
-                return f"array {key} has shape {value.shape}, expected {self._global[key].shape}"
+            expected = self._global[key]
+            if value.shape != expected.shape:
+                return f"array {key} has shape {value.shape}, expected {expected.shape}", 0.0
+            if value.dtype != expected.dtype:
+                return f"array {key} has dtype {value.dtype}, expected {expected.dtype}", 0.0
             # (2): finite values only.
             if not np.isfinite(value).all():
-                return f"array {key} has non-finite values"
-            squared += float(np.sum((value.astype(np.float64) - self._global[key]) ** 2))
+                return f"array {key} has non-finite values", 0.0
+            squared += float(np.sum((value.astype(np.float64) - expected) ** 2))
         # (3): bounded change.
         norm = squared**0.5
         if norm > self.max_update_norm:
-            return f"update norm {norm:.3g} exceeds {self.max_update_norm}"
-        return None
+            return f"update norm {norm:.3g} exceeds {self.max_update_norm}", norm
+        return None, norm
