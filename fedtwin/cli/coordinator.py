@@ -133,14 +133,22 @@ def run(
     label: Annotated[
         str | None, typer.Option(help="run name (default: run-<UTC time>); its output folder")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="continue the interrupted run --label after its last completed round"
+        ),
+    ] = False,
 ) -> None:
     """Submit the consortium's federated run and follow it to the end."""
     from datetime import UTC, datetime
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedtwin.errors import FederationError
+    from fedtwin.errors import ConfigError, FederationError
 
+    if resume and label is None:
+        raise ConfigError("--resume needs the --label of the run to continue")
     coordinator = _coordinator(config)
     run_label = label or f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     rounds = coordinator.config.run.num_rounds
@@ -166,6 +174,7 @@ def run(
             run_label,
             on_line=on_line,
             on_submitted=lambda run_id: progress.update(task, status=f"Flower run {run_id}"),
+            resume=resume,
         )
         progress.update(task, completed=rounds if outcome.info.completed else None)
     info = outcome.info

@@ -215,10 +215,10 @@ def run_gated_clientapp(
     from flwr.supernode.runtime import run_clientapp as flower
 
     gate = AppGate(site_config)
-    flower.install_from_fab = gate.install(flower.install_from_fab)  # type: ignore[assignment]
-    flower.get_load_client_app_fn = gate.loader(  # type: ignore[assignment]
-        flower.get_load_client_app_fn
-    )
+    # The two names run_clientapp calls, replaced in this (forked, one-task) process only.
+    names = vars(flower)
+    names["install_from_fab"] = gate.install(names["install_from_fab"])
+    names["get_load_client_app_fn"] = gate.loader(names["get_load_client_app_fn"])
     try:
         flower.run_clientapp(
             runtime_api_address=runtime_api_address,

@@ -86,6 +86,9 @@ class RunSection(BaseModel):
     num_rounds: int = Field(5, ge=1, le=1000)
     min_sites: int = Field(3, ge=1, le=1000)
     seed: int = Field(0, ge=0)
+    round_timeout_s: float = Field(
+        600.0, gt=0, description="a site that has not replied by then is left out of the round"
+    )
     timeout_s: float = Field(6 * 3600.0, gt=0, description="give up waiting after this")
 
 

@@ -41,7 +41,8 @@ from fedtwin.pki.consortium import Clock, utc_now
 
 SUPERLINK = "superlink"
 REQUIRED_RUN_KEYS = ("num-server-rounds", "min-sites", "seed", "out-dir")
-OPTIONAL_RUN_KEYS = ("run-id", "consortium-dir")
+OPTIONAL_RUN_KEYS = ("run-id", "consortium-dir", "round-timeout-s", "resume")
+RESUME_STATE = Path("resume") / "state.json"
 CONSORTIUM_POLICY_FILE = "consortium-policy.toml"
 _REFUSALS = {
     "ApiError:2004": "unregistered SuperNode key",
@@ -236,18 +237,23 @@ class Coordinator:
         on_line: Callable[[str], None] | None = None,
         on_submitted: Callable[[int], None] | None = None,
         out_dir: Path | None = None,
+        resume: bool = False,
     ) -> RunOutcome:
         """Submit the consortium's run, follow its log, and return its final status.
 
         ``run_label`` names the run (the ServerApp's ``run-id``); its outputs go to ``out_dir``
-        (default ``<runs_dir>/<run_label>``), which must not exist yet.
+        (default ``<runs_dir>/<run_label>``), which must not exist yet. With ``resume`` it must
+        hold the round checkpoint of an interrupted run with this label: the ServerApp
+        continues after its last completed round under the same ``run-id``.
         """
         if self.superlink.status().pid is None:
             raise FederationError("the SuperLink is not running (fedtwin coordinator start)")
         run = self.config.run
         out_dir = (out_dir or run.runs_dir / run_label).resolve()
-        if out_dir.exists():
-            raise ConfigError(f"{out_dir}: already exists")
+        if resume and not (out_dir / RESUME_STATE).is_file():
+            raise ConfigError(f"{out_dir / RESUME_STATE}: no round checkpoint to resume from")
+        if not resume and out_dir.exists():
+            raise ConfigError(f"{out_dir}: already exists (continue it with --resume)")
         work = self.state_dir / "runs" / run_label
         project = copy_flower_app(run.project_dir, work / "project")
         overrides: dict[str, str | int | float | bool] = {
@@ -257,12 +263,18 @@ class Coordinator:
             "out-dir": str(out_dir),
             "run-id": run_label,
             "consortium-dir": str(self.consortium_dir),
+            "round-timeout-s": run.round_timeout_s,
+            "resume": resume,
         }
         declared = app_config_keys(project / "pyproject.toml")
         missing = [key for key in REQUIRED_RUN_KEYS if key not in declared]
         if missing:
             raise ConfigError(
                 f"{run.project_dir / 'pyproject.toml'}: [tool.flwr.app.config] lacks {missing}"
+            )
+        if resume and "resume" not in declared:
+            raise ConfigError(
+                f"{run.project_dir / 'pyproject.toml'}: the Flower app has no resume key"
             )
         overrides = {k: v for k, v in overrides.items() if k in declared}
         if "consortium-dir" in overrides:

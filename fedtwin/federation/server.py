@@ -7,7 +7,8 @@ aggregates them with Flower's ``FedAvg``, keeps a signed, cosigned audit log of 
 
 Order of a run (the coordinator's log records each step):
 ``run_started`` → per round: refusals, ``site_joined`` (first reply), ``update_received``,
-``update_rejected``, ``aggregated``, a checkpoint the sites cosign in their evaluate replies →
+``update_rejected``, ``aggregated``, a checkpoint the sites cosign in their evaluate replies,
+the round's model and state in ``resume/`` (:mod:`.resume`) →
 after the last round: the model is written, ``model_exported``, ``run_finished``, a final
 checkpoint the sites cosign through a query message, and a last self-signed checkpoint that
 covers the cosignature records.
@@ -55,7 +56,13 @@ from fedtwin.federation.outputs import (
     write_json,
     write_model,
 )
-from fedtwin.federation.validation import ValidatedStrategy
+from fedtwin.federation.resume import (
+    ResumableStrategy,
+    RoundState,
+    load_round_state,
+    write_round_state,
+)
+from fedtwin.federation.validation import RejectedUpdate, SiteRefusal, ValidatedStrategy
 from fedtwin.twins import GlucoseTwin
 
 COORDINATOR_PARTY = "coordinator"
@@ -187,14 +194,65 @@ def _final_cosigning(grid: Grid, run: RunConfig, audit: CoordinatorAudit) -> Non
     audit.checkpoint()
 
 
+def _restore(
+    state: RoundState,
+    collector: RoundCollector,
+    validated: ValidatedStrategy,
+    audit: CoordinatorAudit,
+) -> None:
+    """Put a resumed run's metrics, rejections and site identities back where they were."""
+    collector.train.update(state.train)
+    collector.evaluate.update(state.evaluate)
+    validated.rejected.extend(RejectedUpdate(*item) for item in state.rejected)
+    validated.refusals.extend(SiteRefusal(*item) for item in state.refusals)
+    audit.node_sites.update(state.node_sites)
+    audit.joined.update(state.joined)
+
+
+def _round_checkpointer(
+    run: RunConfig,
+    out_dir: Path,
+    collector: RoundCollector,
+    validated: ValidatedStrategy,
+    audit: CoordinatorAudit,
+) -> Callable[[int, ArrayRecord], None]:
+    """Write ``<out_dir>/resume/`` after each completed round (:mod:`.resume`)."""
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        state = RoundState(
+            run_id=run.run_id,
+            config_hash=run.config_hash,
+            completed_round=server_round,
+            model_file=f"round-{server_round}.safetensors",
+            model_sha256="sha256:" + "0" * 64,  # set from the written file
+            audit_log_size=audit.log.size,
+            train=collector.train,
+            evaluate=collector.evaluate,
+            rejected=tuple((r.server_round, r.site_id, r.reason) for r in validated.rejected),
+            refusals=tuple(
+                (r.server_round, r.node_id, r.code, r.reason) for r in validated.refusals
+            ),
+            node_sites=audit.node_sites,
+            joined=tuple(sorted(audit.joined)),
+        )
+        write_round_state(out_dir, state, arrays)
+
+    return checkpoint
+
+
 def run_coordinator(
     grid: Grid,
     run: RunConfig,
     setup: CoordinatorSetup,
     on_round_evaluated: RoundCallback | None = None,
     outcome: CoordinatorOutcome | None = None,
+    resume: bool = False,
 ) -> CoordinatorOutcome:
-    """Federate ``run.num_rounds`` rounds over the grid's sites and write ``setup.out_dir``."""
+    """Federate ``run.num_rounds`` rounds over the grid's sites and write ``setup.out_dir``.
+
+    With ``resume``, continue the run after the last round checkpointed in ``setup.out_dir``
+    (:mod:`.resume`); a new ``run_started`` entry in the same coordinator log marks the restart.
+    """
     outcome = outcome or CoordinatorOutcome()
     outcome.collector.on_round_evaluated = on_round_evaluated
     policy = load_consortium_policy(setup.consortium_policy)
@@ -204,6 +262,13 @@ def run_coordinator(
     out_dir.mkdir(parents=True, exist_ok=True)
     audit = _open_audit(run, setup)
     try:
+        validated = build_strategy(run, outcome.collector)
+        arrays = ArrayRecord(initial_model(run).state_dict())
+        first_round = 1
+        if resume:
+            state, arrays = load_round_state(out_dir, run, audit.log.size)
+            _restore(state, outcome.collector, validated, audit)
+            first_round = state.completed_round + 1
         audit.log.record(
             RunStarted,
             run_id=run.run_id,
@@ -215,22 +280,25 @@ def run_coordinator(
             policy_hash=policy_hash(policy),
             num_rounds=run.num_rounds,
         )
-        model = initial_model(run)
-        validated = build_strategy(run, outcome.collector)
-        strategy = AuditedStrategy(validated, audit)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=run.num_rounds,
-            timeout=run.round_timeout_s,
-            train_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
-            evaluate_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
+        strategy = ResumableStrategy(
+            AuditedStrategy(validated, audit),
+            first_round,
+            _round_checkpointer(run, out_dir, outcome.collector, validated, audit),
         )
+        if first_round <= run.num_rounds:
+            strategy.start(
+                grid=grid,
+                initial_arrays=arrays,
+                num_rounds=run.num_rounds - first_round + 1,
+                timeout=run.round_timeout_s,
+                train_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
+                evaluate_config=ConfigRecord({RUN_CONFIG_KEY: run.to_json()}),
+            )
         if not outcome.collector.train:
             audit.log.record(RunFinished, run_id=run.run_id, status="failed", rounds_completed=0)
             raise FederationError("no site contributed an accepted update in any round")
-        state = result.arrays.to_torch_state_dict()
-        outcome.version_hash = write_model(out_dir, state, run)
+        final = (strategy.arrays or arrays).to_torch_state_dict()
+        outcome.version_hash = write_model(out_dir, final, run)
         write_json(
             out_dir / METRICS_FILE,
             metrics_document(outcome.collector, validated.rejected, validated.refusals),
@@ -270,7 +338,8 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         resolved_setup = setup or setup_from_context(context)
         resolved_run = run or run_config_from_context(context, resolved_setup)
-        run_coordinator(grid, resolved_run, resolved_setup, on_round_evaluated, outcome)
+        resume = bool(context.run_config.get("resume", False))
+        run_coordinator(grid, resolved_run, resolved_setup, on_round_evaluated, outcome, resume)
 
     return app
 
@@ -301,4 +370,5 @@ def run_config_from_context(context: Context, setup: CoordinatorSetup) -> RunCon
         num_rounds=int(cfg.get("num-server-rounds", 3)),
         seed=int(cfg.get("seed", 0)),
         min_sites=int(cfg.get("min-sites", 3)),
+        round_timeout_s=float(cfg.get("round-timeout-s", 600.0)),
     )
