@@ -8,7 +8,8 @@ Invariants:
   and drop-outs), insulin as boluses and basal rates, carbohydrate as the patient logged it
   (announced meals and rescue carbohydrate, at the time announced), demographics and consents;
   the noise-free glucose and the virtual physiology stay in ``ground_truth`` beside it;
-* patients stream batch by batch; nothing of a batch is kept after it is written;
+* patients stream batch by batch; nothing of a batch is kept after it is written (the ground
+  truth too: one safetensors shard per batch, :class:`GroundTruthWriter`);
 * every choice (sex, birthday within the year of the age) is keyed by the patient id and the
   seed, so the export is a pure function of the site's spec, consents and seed.
 """
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -56,6 +57,64 @@ class GroundTruthBatch:
     names: tuple[str, ...]
     bg_true_mg_dl: np.ndarray
     parameters: dict[str, np.ndarray]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Named per-patient arrays (first axis: the batch's patients) for the shard."""
+        return {
+            "bg_true_mg_dl": self.bg_true_mg_dl,
+            **{f"param/{name}": values for name, values in self.parameters.items()},
+        }
+
+
+class TruthBatch(Protocol):
+    """Anything :class:`GroundTruthWriter` stores: ids, subject names, per-patient arrays."""
+
+    @property
+    def patient_ids(self) -> tuple[str, ...]: ...  # noqa: D102
+
+    @property
+    def names(self) -> tuple[str, ...]: ...  # noqa: D102
+
+    def arrays(self) -> dict[str, np.ndarray]: ...  # noqa: D102
+
+
+class GroundTruthWriter:
+    """Writes a site's ground truth batch by batch: memory stays one batch.
+
+    Layout of ``folder``: ``trajectories-<k:05d>.safetensors`` per batch (arrays whose first
+    axis is the batch's patients) and, on :meth:`close`, ``patients.json`` with every
+    patient id, its virtual subject name and the shard and row holding it.
+
+    Parameters
+    ----------
+    folder : Path
+        Created if missing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._ids: list[str] = []
+        self._names: list[str] = []
+        self._shards: list[dict[str, Any]] = []
+
+    def add(self, batch: TruthBatch) -> None:
+        """Write one batch's shard."""
+        arrays = {k: np.ascontiguousarray(v) for k, v in batch.arrays().items()}
+        if any(v.shape[:1] != (len(batch.patient_ids),) for v in arrays.values()):
+            raise ConfigError("ground-truth arrays must have one row per patient")
+        name = f"trajectories-{len(self._shards):05d}.safetensors"
+        save_file(arrays, str(self.folder / name))
+        self._shards.append({"file": name, "first": len(self._ids), "rows": len(batch.names)})
+        self._ids.extend(batch.patient_ids)
+        self._names.extend(batch.names)
+
+    def close(self) -> None:
+        """Write ``patients.json`` (the index of the shards)."""
+        if not self._shards:
+            raise ConfigError("no ground truth to write")
+        index = {"patient_ids": self._ids, "subjects": self._names, "shards": self._shards}
+        (self.folder / "patients.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
 def site_histories(
@@ -120,28 +179,12 @@ def site_histories(
             )
 
 
-def write_ground_truth(folder: Path, batches: Sequence[GroundTruthBatch]) -> None:
+def write_ground_truth(folder: Path, batches: Sequence[TruthBatch]) -> None:
     """``ground_truth/``: noise-free glucose and parameters per patient (safetensors + JSON)."""
-    if not batches:
-        raise ConfigError("no ground truth to write")
-    folder.mkdir(parents=True, exist_ok=True)
-    ids = [i for b in batches for i in b.patient_ids]
-    save_file(
-        {
-            "bg_true_mg_dl": np.concatenate([b.bg_true_mg_dl for b in batches]),
-            **{
-                f"param/{name}": np.concatenate([b.parameters[name] for b in batches])
-                for name in batches[0].parameters
-            },
-        },
-        str(folder / "trajectories.safetensors"),
-    )
-    (folder / "patients.json").write_text(
-        json.dumps(
-            {"patient_ids": ids, "subjects": [n for b in batches for n in b.names]}, indent=1
-        )
-        + "\n"
-    )
+    writer = GroundTruthWriter(folder)
+    for batch in batches:
+        writer.add(batch)
+    writer.close()
 
 
 def write_site_export(
@@ -154,12 +197,17 @@ def write_site_export(
     options: ExportOptions | None = None,
 ) -> WrittenExport:
     """Write a simulated site's Bulk FHIR export (and its ground truth, kept apart)."""
-    truth: list[GroundTruthBatch] = []
+    truth = GroundTruthWriter(ground_truth) if ground_truth is not None else None
     written = write_site(
         folder,
-        site_histories(batches, seed=seed, consents_for=consents_for, on_batch=truth.append),
+        site_histories(
+            batches,
+            seed=seed,
+            consents_for=consents_for,
+            on_batch=truth.add if truth is not None else None,
+        ),
         options=options,
     )
-    if ground_truth is not None:
-        write_ground_truth(ground_truth, truth)
+    if truth is not None:
+        truth.close()
     return written
