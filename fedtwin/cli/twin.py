@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedtwin.cli.twin_evaluate import evaluate
+
 app = typer.Typer(
     name="twin",
     help="Use a trained glucose twin: rolling forecasts and what-if treatment comparison.",
@@ -82,3 +84,6 @@ def what_if(
     from fedtwin.cli.twin_whatif import run_what_if_command
 
     run_what_if_command(model, history, plans, plot, console)
+
+
+app.command("evaluate")(evaluate)

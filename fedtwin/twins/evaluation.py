@@ -255,7 +255,8 @@ def _predict(forecaster: Forecaster, windows: ForecastWindows, batch_size: int) 
 
 def _in_range(glucose: NDArray[np.float64]) -> NDArray[np.float64]:
     inside = (glucose >= TIR_LOW_MG_DL) & (glucose <= TIR_HIGH_MG_DL)
-    return inside.mean(axis=1)
+    share: NDArray[np.float64] = inside.mean(axis=1, dtype=np.float64)
+    return share
 
 
 def _score_site(
