@@ -1,12 +1,17 @@
-"""``fedtwin cohort replay`` as a user runs it: a real subprocess, checked against simglucose."""
+"""``fedtwin cohort replay`` and ``generate`` as a user runs them: real subprocesses.
+
+Replay is checked against simglucose; generated sites are read back by ``fedtwin site check``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,3 +86,74 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 def test_missing_flag_exits_2(tmp_path: Path) -> None:
     result = _run("--patient", "adult#001", cwd=tmp_path)
     assert result.returncode == 2 and "--actions" in result.stderr
+
+
+def _generate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*FEDTWIN, "cohort", "generate", *args], cwd=cwd, capture_output=True, text=True,
+        env=env, timeout=600,
+    )  # fmt: skip
+
+
+def _site_check(folder: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [*FEDTWIN, "site", "check", "--data", str(folder), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.slow
+def test_generated_sites_load_through_site_check_with_every_record_used(tmp_path: Path) -> None:
+    result = _generate(
+        "--kind", "t1d", "--sites", "2", "--patients", "3", "--days", "0.5", "--seed", "5",
+        "--split", "age", "--consent-regime", "mixed", "--population", "published",
+        "--out", "cohort", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "cohort"
+    assert sorted(p.name for p in out.iterdir()) == ["ground_truth", "site-01", "site-02"]
+    assert [p.name for p in tmp_path.iterdir()] == ["cohort"]  # no staging folder left
+    for site in ("site-01", "site-02"):
+        truth = json.loads((out / "ground_truth" / site / "site.json").read_text())
+        index = json.loads((out / "ground_truth" / site / "patients.json").read_text())
+        report = _site_check(out / site)
+        assert report["patients_found"] == report["patients_usable"] == 3
+        assert index["patient_ids"] == [f"{site}-{i:06d}" for i in range(3)]
+        assert {k: v["read"] for k, v in report["resources"].items()} == truth["resources"]
+        assert all(v["rejected"] == 0 for v in report["resources"].values())
+        assert truth["resources"]["Consent"] >= 1 and truth["resources"]["Observation"] > 3 * 144
+        patients = (out / site / "Patient.ndjson").read_text().splitlines()
+        assert [json.loads(line)["id"] for line in patients] == index["patient_ids"]
+    regimes = [
+        json.loads((out / "ground_truth" / s / "site.json").read_text())["consent_regime"]
+        for s in ("site-01", "site-02")
+    ]
+    assert regimes == ["opt-in", "opt-out"]
+
+
+def test_generate_zero_patients_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    result = _generate(
+        "--kind", "t1d", "--sites", "2", "--patients", "0", "--days", "1", "--out", "c",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedtwin: error: --patients: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_refuses_a_non_empty_out_folder_and_leaves_it_alone(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("keep me\n")
+    result = _generate(
+        "--kind", "oncology", "--sites", "1", "--patients", "1", "--days", "3", "--out", "c",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith("fedtwin: error: --out: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["notes.txt"]
