@@ -1,4 +1,4 @@
-"""Benchmark: simulate 3 sites x 1,000 sampled virtual patients x 14 days (simulation only).
+"""Benchmark: 3 sites x 1,000 sampled virtual patients x 14 days, simulated (and written).
 
 Each site has its own age mix (paediatric, adolescent, adult), sampled patients, daily-life
 scenarios (meals, carb counting, missed boluses, CGM noise and drop-outs, exercise) and
@@ -6,9 +6,15 @@ closed-loop basal-bolus therapy, streamed in patient batches by ``simulate_site`
 baseline is simglucose's ``T1DPatient`` measured in the same run on a basal-plus-meals day
 and projected to the same number of patient-days (patient model only: no scenario, sensor or
 controller, which favours the baseline). Prints one JSON line with the wall time, the peak
-resident memory and the ratio. Writing FHIR is not part of this measurement.
+resident memory and the ratio.
 
-Example: ``python bench/cohort_generation.py --patients 1000 --days 14``.
+``--mode simulate`` (default) times the simulation alone; ``--mode generate`` times the whole
+``fedtwin cohort generate --kind t1d --split age`` path (:func:`generate_cohort`: the same
+three sites, consents, FHIR NDJSON written, ground truth written) into a temporary folder,
+and adds the resources and bytes written. Run each mode in its own process: the peak RSS is
+the process's.
+
+Example: ``python bench/cohort_generation.py --patients 1000 --days 14 --mode generate``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +67,41 @@ def simglucose_seconds_per_patient_day(name: str, minutes: int) -> float:
         return (time.perf_counter() - start) * 1440.0 / minutes
 
 
+def generate_sites(args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``generate_cohort`` (simulation, consents, FHIR export, ground truth)."""
+    from fedtwin.cohorts.generate import GenerateConfig, generate_cohort
+
+    config = GenerateConfig(
+        kind="t1d",
+        sites=3,
+        patients=args.patients,
+        days=args.days,
+        seed=args.seed,
+        split="age",
+        batch_patients=args.batch_patients,
+    )
+    parent = Path(tempfile.mkdtemp(prefix="fedtwin-bench-"))
+    per_site: dict[str, dict[str, Any]] = {}
+    last_done = [time.perf_counter()]
+
+    def progress(site: str, fraction: float, number: int, count: int) -> None:
+        if fraction >= 1.0 and site not in per_site:
+            now = time.perf_counter()
+            per_site[site] = {"seconds": round(now - last_done[0], 1)}
+            last_done[0] = now
+        print(f"\r{site} {100 * fraction:5.1f} %", end="", file=sys.stderr)
+
+    try:
+        generated = generate_cohort(config, parent / "cohort", progress=progress)
+        print(file=sys.stderr)
+        written = sum(f.stat().st_size for f in (parent / "cohort").rglob("*") if f.is_file())
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    for site in generated:
+        per_site[site.plan.site_id]["resources"] = site.counts
+    return {"per_site": per_site, "bytes_written": written}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, default=1000, help="patients per site")
@@ -64,6 +109,12 @@ def main() -> None:
     parser.add_argument("--batch-patients", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mode",
+        choices=("simulate", "generate"),
+        default="simulate",
+        help="simulation only, or the whole cohort generate path with the FHIR write",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scenario = ScenarioConfig(
@@ -71,8 +122,12 @@ def main() -> None:
         exercise=ExerciseHabit(sessions_per_week=2.0),
     )
     started = time.perf_counter()
-    per_site = {}
-    for site_id, mix in SITES:
+    per_site: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if args.mode == "generate":
+        extra = generate_sites(args)
+        per_site = extra.pop("per_site")
+    for site_id, mix in SITES if args.mode == "simulate" else ():
         spec = SiteSpec(
             site_id=site_id,
             n_patients=args.patients,
@@ -102,6 +157,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "cohort_generation",
+                "mode": args.mode,
                 "sites": 3,
                 "patients_per_site": args.patients,
                 "days": args.days,
@@ -110,6 +166,7 @@ def main() -> None:
                 "seconds": round(seconds, 1),
                 "patient_days_per_s": round(patient_days / seconds, 1),
                 "per_site": per_site,
+                **extra,
                 "peak_rss_mib": round(peak_mib, 0),
                 "baseline": "simglucose 0.2.11 T1DPatient, projected from a 6 h run",
                 "baseline_seconds_per_patient_day": round(baseline, 2),
