@@ -74,6 +74,19 @@ def register(config: ConfigOption = DEFAULT_CONFIG) -> None:
     _print_registrations(coordinator.register_sites())
 
 
+@app.command("app-hash")
+def app_hash(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """The hash of the Flower app `run` submits: what each site approves in its policy."""
+    coordinator = _coordinator(config)
+    digest = coordinator.app_digest()
+    console.print(digest, markup=False)
+    console.print(
+        f"app: {coordinator.config.run.project_dir}; sites add this hash to "
+        "approved_app_hashes in their site policy after reviewing the app",
+        style="dim",
+    )
+
+
 @app.command()
 def stop(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Stop the SuperLink and everything it started."""
