@@ -4,7 +4,9 @@ Evaluates the final model of a run directory laid out as ``fedtwin demo`` writes
 (``model.safetensors``, ``model_card.json``, ``run_config.json``, ``sites/sites.json`` naming
 each site's FHIR export and state) on every site's *held-out* patients (the keyed split of
 :mod:`fedtwin.federation.sitedata`), next to persistence and a linear AR baseline fitted on
-that site's training patients (:mod:`fedtwin.twins.baselines`).
+that site's training patients (:mod:`fedtwin.twins.baselines`). The twin is loaded through
+:func:`fedtwin.twins.runfile.load_twin_run` (hash-checked against its card) and its spread is
+rescaled by the card's calibration when the run fitted one.
 
 Steps, each failing closed: (1) the folder is a run directory of a glucose twin, else exit 2
 with one line; (2) each site's export is read through the FHIR ingestion path; (3) consent is
@@ -19,6 +21,7 @@ imported inside the functions, so ``fedtwin --help`` stays fast.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,16 +30,36 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from fedtwin.federation import RunConfig, SiteConfig
+    from fedtwin.twins.calibration import CalibrationScales
     from fedtwin.twins.evaluation import Candidate, EvaluationResult, Forecaster, SiteWindows
-    from fedtwin.twins.glucose import GlucoseTwin
+    from fedtwin.twins.glucose import GlucoseForecast, GlucoseTwin
 
 GLUCOSE_TWIN_KIND = "glucose-twin"
 ROUND_TIMES_FILE = "round-times.json"
 console = Console(highlight=False)
 
 
-def _run_model(run_dir: Path) -> tuple[RunConfig, GlucoseTwin]:
+@dataclass(frozen=True, eq=False)
+class CalibratedTwin:
+    """The run's twin with the model card's std calibration applied (if the run fitted one)."""
+
+    model: GlucoseTwin
+    calibration: CalibrationScales | None
+
+    def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
+        """The twin's forecast, its spread rescaled per horizon step by the calibration."""
+        from fedtwin.twins.calibration import apply_calibration
+
+        forecast = self.model.forecast(history, plan)
+        if self.calibration is None:
+            return forecast
+        return apply_calibration(forecast, self.calibration)
+
+
+def _run_model(run_dir: Path) -> tuple[RunConfig, CalibratedTwin]:
     """(1): the run's config and final glucose twin, or one ConfigError line."""
     from fedtwin.errors import ConfigError
 
@@ -53,10 +76,21 @@ def _run_model(run_dir: Path) -> tuple[RunConfig, GlucoseTwin]:
             f"{card_path}: model_kind {kind!r} is not {GLUCOSE_TWIN_KIND!r}; "
             "'twin evaluate' evaluates glucose twins"
         )
+    config_path = run_dir / "run_config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir}: no run_config.json (not a federated run directory)")
     # Imported only now: a folder that is not a run is refused without loading torch.
-    from fedtwin.federation.privacy_audit import load_run_model
+    from fedtwin.federation import RunConfig
+    from fedtwin.twins.runfile import load_twin_run
 
-    return load_run_model(run_dir)
+    try:
+        run = RunConfig.from_json(config_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{config_path}: unreadable ({error.strerror})") from error
+    loaded = load_twin_run(run_dir)
+    if loaded.config != run.twin:
+        raise ConfigError(f"{card_path}: architecture differs from {config_path}'s twin")
+    return run, CalibratedTwin(loaded.model, loaded.calibration)
 
 
 def _last_round_at(site: SiteConfig, run_id: str) -> datetime:
