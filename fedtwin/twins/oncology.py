@@ -1,0 +1,652 @@
+"""The oncology twin: counterfactual tumour-volume forecasts under planned chemo/radio regimens.
+
+Given a patient's daily tumour volumes up to day ``t`` (the *origin*), the treatments given
+before day ``t``, the static patient type, and a *plan* of chemo/radio days from day ``t`` on,
+the twin predicts ``log V`` on days ``t+1 … t+H`` as a Gaussian.
+
+Invariants:
+
+* causal: the history encoder is a stack of left-padded dilated ``Conv1d`` blocks with
+  per-day ``LayerNorm``, and day ``s`` enters it as ``(log V(s), treatment on day s-1)``, so the
+  state at origin ``t`` never sees a volume after ``t`` nor a treatment on or after ``t``; the
+  forecast of day ``t+k`` depends on the plan's days ``t … t+k-1`` only (each daily increment
+  reads the treatments of the ``P`` days before it, and increments are summed);
+* DP-friendly: ``Conv1d``, ``LayerNorm`` and ``Linear`` only, and every tensor keeps the
+  patient on dimension 0, so one patient is one Opacus record (all origins of a patient are
+  decoded inside that record);
+* stateless normalisation: fixed physical scales, never statistics of a site's data;
+* persistence at initialisation: the output layer starts at zero, so an untrained twin says
+  "the tumour stays as it is", with a broad uncertainty;
+* time-varying confounding is handled by a *balancing representation* (Bica et al., CRN,
+  ICLR 2020): a head predicts the treatment given at the origin from the history state through
+  a gradient-reversal layer, so training pushes the state towards carrying no information about
+  which treatment the observational policy chose. Chosen over inverse-propensity weighting
+  because IPW multiplies per-day weights over the horizon (variance explodes, RMSN needs
+  truncation) and inflates some patients' gradients, which DP clipping then cuts: a biased,
+  noisier estimator under the very privacy mechanism the project trains with.
+
+The daily increments mirror the simulator's structure (Geng et al. 2017): ``log V`` changes each
+day by a patient-specific growth term minus a kill term of the recent chemo concentration and
+radio dose, plus independent noise; the twin predicts the mean and variance of each increment
+and sums them, so the variance of ``log V(t+k)`` grows with ``k``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torch.nn import functional
+
+from fedtwin.cohorts.oncology import DEATH_VOLUME_CM3
+from fedtwin.errors import ConfigError
+
+LOG_VOLUME_CENTRE = 1.0
+LOG_VOLUME_SCALE = 3.0
+INCREMENT_SCALE = 0.1
+MIN_VOLUME_CM3 = 1e-6
+MIN_STD_LOG = 1e-3
+PATIENT_TYPES = 3
+TREATMENT_KINDS = 4
+INPUT_CHANNELS = 5 + 2 * TREATMENT_KINDS + PATIENT_TYPES
+MAX_PLAN_DAYS = 366
+MIN_GROWTH_FACTOR = 1e-3
+
+
+class Balancing(enum.StrEnum):
+    """How the twin handles time-varying confounding."""
+
+    GRADIENT_REVERSAL = "gradient_reversal"
+    NONE = "none"
+
+
+class OncologyTwinConfig(BaseModel):
+    """Architecture of the oncology twin (identical at every site)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    horizon_days: int = Field(7, ge=1, le=28, description="days decoded in one shot, H")
+    treatment_lag_days: int = Field(6, ge=1, le=28, description="treatment days per increment")
+    channels: int = Field(32, ge=4, le=256, description="width of the history encoder")
+    hidden: int = Field(64, ge=8, le=512, description="width of the increment decoder")
+    dilations: tuple[int, ...] = Field((1, 2, 4, 8, 16), min_length=1, max_length=8)
+    kernel_size: int = Field(3, ge=2, le=7)
+    balancing: Balancing = Balancing.GRADIENT_REVERSAL
+    balancing_weight: float = Field(1.0, ge=0.0, le=10.0, description="max reversal scale")
+
+    @property
+    def window_days(self) -> int:
+        """Treatment days the decoder reads for one origin: ``P + H - 1``."""
+        return self.treatment_lag_days + self.horizon_days - 1
+
+
+@dataclass(frozen=True, eq=False)
+class TumourSeries:
+    """Daily observations of ``N`` patients over ``T`` days.
+
+    Parameters
+    ----------
+    volume_cm3 : torch.Tensor
+        ``float`` ``[N, T]``; ``NaN`` once a trajectory has ended (death or recovery).
+    chemo, radio : torch.Tensor
+        ``bool`` ``[N, T]``: treatment given on that day, after that day's measurement. A
+        forecast from origin ``t`` reads treatments before ``t`` only; its plan replaces the rest.
+    patient_type : torch.Tensor
+        ``int64`` ``[N]`` in ``{1, 2, 3}``.
+    """
+
+    volume_cm3: Tensor
+    chemo: Tensor
+    radio: Tensor
+    patient_type: Tensor
+
+    def __post_init__(self) -> None:
+        volume = self.volume_cm3
+        if volume.dim() != 2 or volume.shape[1] < 1:
+            raise ConfigError(f"tumour volume must be [patients, days], got {list(volume.shape)}")
+        for name, series in (("chemo", self.chemo), ("radio", self.radio)):
+            if tuple(series.shape) != tuple(volume.shape):
+                raise ConfigError(
+                    f"tumour {name} has shape {list(series.shape)}, volume {list(volume.shape)}"
+                )
+        if tuple(self.patient_type.shape) != (volume.shape[0],):
+            raise ConfigError(f"patient_type must be [{volume.shape[0]}] (one per patient)")
+        if bool(((self.patient_type < 1) | (self.patient_type > PATIENT_TYPES)).any()):
+            raise ConfigError("patient_type must be 1, 2 or 3")
+        seen = ~torch.isnan(volume)
+        if bool((volume[seen] < 0).any()) or bool(torch.isinf(volume).any()):
+            raise ConfigError("tumour volumes must be finite and >= 0 cm^3")
+        if bool((seen[:, 1:] & ~seen[:, :-1]).any()):
+            raise ConfigError("tumour volumes may end (NaN) but not resume after a gap")
+
+    @property
+    def days(self) -> int:
+        """Days covered ``T``."""
+        return int(self.volume_cm3.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.volume_cm3.shape[0])
+
+    def take(self, rows: Tensor | Sequence[int]) -> TumourSeries:
+        """The series of the given patients (rows may repeat)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return TumourSeries(
+            self.volume_cm3[index], self.chemo[index], self.radio[index], self.patient_type[index]
+        )
+
+    def until(self, day: int) -> TumourSeries:
+        """Days ``[0, day]`` (the history a forecast from origin ``day`` may read)."""
+        return TumourSeries(
+            self.volume_cm3[:, : day + 1],
+            self.chemo[:, : day + 1],
+            self.radio[:, : day + 1],
+            self.patient_type,
+        )
+
+
+def encoder_inputs(series: TumourSeries) -> Tensor:
+    """Per-day encoder channels ``[N, 16, T]``, causal by construction.
+
+    Day ``s`` holds ``log V(s)``, its change since ``s-1``, the treatment of day ``s-1``, the
+    running responses of :func:`_response_so_far`, an observed flag and the patient type.
+    """
+    volume = series.volume_cm3.to(torch.float32)
+    seen = ~torch.isnan(volume)
+    log_volume = torch.log(volume.nan_to_num(0.0).clamp_min(MIN_VOLUME_CM3))
+    log_volume = torch.where(seen, log_volume, 0.0)
+    change = torch.zeros_like(log_volume)
+    both = seen[:, 1:] & seen[:, :-1]
+    change[:, 1:] = torch.where(both, log_volume[:, 1:] - log_volume[:, :-1], 0.0)
+    treated = torch.stack([series.chemo, series.radio], dim=1).to(torch.float32)
+    previous = functional.pad(treated[:, :, :-1], (1, 0))
+    kind = functional.one_hot(series.patient_type - 1, PATIENT_TYPES).to(torch.float32)
+    return torch.cat(
+        [
+            ((log_volume - LOG_VOLUME_CENTRE) / LOG_VOLUME_SCALE)[:, None],
+            (change / INCREMENT_SCALE).clamp(-20.0, 20.0)[:, None],
+            previous * seen[:, None],
+            _response_so_far(change, previous, both),
+            seen.to(torch.float32)[:, None],
+            kind[:, :, None].expand(-1, -1, series.days) * seen[:, None],
+        ],
+        dim=1,
+    )
+
+
+def _response_so_far(change: Tensor, previous: Tensor, both: Tensor) -> Tensor:
+    """Running mean log-volume change after each kind of treatment day, and their counts.
+
+    Kinds: none, chemo, radio, both (of the day before the change); counts as
+    ``log(1 + count)``.
+
+    Causal (a cumulative sum) and parameter-free: the raw material of a sensitivity estimate,
+    which a convolution would otherwise have to learn to divide out.
+    """
+    kind = (previous[:, 0] + 2.0 * previous[:, 1]).long()  # [N, T]
+    valid = functional.pad(both, (1, 0))
+    hits = functional.one_hot(kind, TREATMENT_KINDS).to(change.dtype) * valid[..., None]
+    counts = torch.cumsum(hits, dim=1)
+    sums = torch.cumsum(hits * change[..., None], dim=1)
+    means = sums / counts.clamp_min(1.0) / INCREMENT_SCALE
+    return torch.cat([means.clamp(-20.0, 20.0), torch.log1p(counts)], dim=-1).transpose(1, 2)
+
+
+def log_volume_of(volume_cm3: Tensor) -> Tensor:
+    """``log`` of volumes floored at :data:`MIN_VOLUME_CM3` (a recovered tumour is 0)."""
+    return torch.log(volume_cm3.clamp_min(MIN_VOLUME_CM3))
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``-scale`` backward (Ganin & Lempitsky)."""
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grads[0], None
+
+
+class _CausalConvBlock(nn.Module):
+    """Residual block: left-padded dilated convolution, per-day layer norm, SiLU."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int) -> None:
+        super().__init__()
+        self.left_pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(functional.pad(x, (self.left_pad, 0)))
+        y = self.norm(y.transpose(1, 2)).transpose(1, 2)
+        return x + functional.silu(y)
+
+
+@dataclass(frozen=True)
+class TumourForecast:
+    """Gaussian forecast of ``log V`` (cm^3) on days ``t+1 … t+K``, each ``[N, K]``."""
+
+    mean_log: Tensor
+    std_log: Tensor
+
+    @property
+    def volume_cm3(self) -> Tensor:
+        """Expected volume, ``exp(mean + var / 2)`` (log-normal mean)."""
+        return torch.exp(self.mean_log + 0.5 * self.std_log**2)
+
+    def quantile_cm3(self, probability: float) -> Tensor:
+        """Volume quantile, e.g. ``0.05`` and ``0.95`` for a 90 % interval."""
+        z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * probability - 1.0))
+        return torch.exp(self.mean_log + z * self.std_log)
+
+
+class OncologyTwin(nn.Module):
+    """Counterfactual tumour forecaster conditioned on a planned regimen.
+
+    ``forward`` is the training entry point (one record = one patient, all its origins inside);
+    :meth:`forecast` and :meth:`compare` are what a clinician-facing tool calls.
+    """
+
+    def __init__(self, config: OncologyTwinConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or OncologyTwinConfig()
+        c = self.config
+        self.input = nn.Conv1d(INPUT_CHANNELS, c.channels, kernel_size=1)
+        self.blocks = nn.ModuleList(
+            _CausalConvBlock(c.channels, c.kernel_size, d) for d in c.dilations
+        )
+        self.state = nn.Linear(c.channels, c.hidden)
+        self.norm = nn.LayerNorm(c.hidden)
+        self.hidden = nn.Linear(c.hidden, c.hidden)
+        self.growth = nn.Linear(c.hidden, c.horizon_days)
+        self.response = nn.Linear(c.hidden, 2 * c.treatment_lag_days)
+        self.scale = nn.Linear(c.hidden, c.horizon_days)
+        self.scale_lags = nn.Linear(2 * c.treatment_lag_days, 1)
+        for head in (self.growth, self.response, self.scale):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.propensity = nn.Sequential(
+            nn.Linear(c.channels, c.hidden), nn.SiLU(), nn.Linear(c.hidden, 2)
+        )
+        #: Gradient-reversal scale, set by the trainer (CRN's schedule); 0 disables balancing.
+        self.reversal_scale = 0.0
+
+    def encode(self, inputs: Tensor) -> Tensor:
+        """History states ``[N, C, T]`` from :func:`encoder_inputs`; state ``t`` is causal."""
+        features = self.input(inputs)
+        for block in self.blocks:
+            features = block(features)
+        return features
+
+    def decode(self, states: Tensor, windows: Tensor) -> Tensor:
+        """Raw daily increments ``[..., H, 2]`` (mean, scale) of one origin each.
+
+        ``states`` ``[..., C]``; ``windows`` ``[..., P + H - 1, 2]`` hold the treatments of
+        days ``t+1-P … t+H-1`` (the plan starts at index ``P-1``).
+        """
+        c = self.config
+        lags = windows.unfold(-2, c.treatment_lag_days, 1).flatten(-2)  # [..., H, 2P]
+        hidden = functional.silu(self.norm(self.state(states)))
+        hidden = functional.silu(self.hidden(hidden))
+        # Daily growth factor 1 + u: a state-dependent growth term plus a state-dependent
+        # linear response to the treatments of the last P days (the patient's sensitivity).
+        response = (lags * self.response(hidden).unsqueeze(-2)).sum(-1)
+        factor = 1.0 + self.growth(hidden) + response
+        increment = torch.log(factor.clamp_min(MIN_GROWTH_FACTOR)) / INCREMENT_SCALE
+        scale = self.scale(hidden) + self.scale_lags(lags).squeeze(-1)
+        return torch.stack([increment, scale], dim=-1)
+
+    def forward(self, inputs: Tensor, windows: Tensor, origins: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass over whole patients.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            :func:`encoder_inputs`, ``[N, 8, T]``.
+        windows : torch.Tensor
+            Treatment window of each origin, ``[N, O, P + H - 1, 2]``.
+        origins : torch.Tensor
+            Origin days, ``int64`` ``[N, O]``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Raw increments ``[N, O, H, 2]`` and treatment logits at the origins ``[N, O, 2]``
+            (through the gradient-reversal layer).
+        """
+        encoded = self.encode(inputs).transpose(1, 2)  # [N, T, C]
+        index = origins.unsqueeze(-1).expand(-1, -1, encoded.shape[-1])
+        states = torch.gather(encoded, 1, index)
+        reversed_states = _ReverseGradient.apply(states, self.reversal_scale)
+        logits: Tensor = self.propensity(reversed_states)
+        return self.decode(states, windows), logits
+
+    @torch.no_grad()
+    def forecast(self, history: TumourSeries, chemo: Tensor, radio: Tensor) -> TumourForecast:
+        """Forecast from each patient's last day under a plan of any length.
+
+        Parameters
+        ----------
+        history : TumourSeries
+            ``N`` patients, all observed through the last day ``t = T - 1``.
+        chemo, radio : torch.Tensor
+            ``bool`` ``[N, K]``: the plan for days ``t … t+K-1``.
+
+        Returns
+        -------
+        TumourForecast
+            ``log V`` on days ``t+1 … t+K``. Plans longer than ``H`` roll forward ``H`` days at
+            a time, feeding the expected volumes back as history (variances add).
+
+        Raises
+        ------
+        ConfigError
+            If the history or the plan does not fit.
+        """
+        if bool(torch.isnan(history.volume_cm3[:, -1]).any()):
+            raise ConfigError("every history must be observed on its last day (the origin)")
+        if chemo.dim() != 2 or tuple(chemo.shape) != tuple(radio.shape):
+            raise ConfigError("plan chemo and radio must both be [patients, days]")
+        if chemo.shape[0] != len(history) or not 1 <= chemo.shape[1] <= MAX_PLAN_DAYS:
+            raise ConfigError(
+                f"plan must be [{len(history)}, 1..{MAX_PLAN_DAYS}], got {list(chemo.shape)}"
+            )
+        was_training = self.training
+        self.eval()
+        c = self.config
+        means, variances = [], []
+        offset_var = torch.zeros(len(history))
+        current = history
+        for start in range(0, chemo.shape[1], c.horizon_days):
+            block_chemo = chemo[:, start : start + c.horizon_days]
+            block_radio = radio[:, start : start + c.horizon_days]
+            days = block_chemo.shape[1]
+            states = self.encode(encoder_inputs(current))[:, :, -1]
+            windows = plan_windows(current, block_chemo, block_radio, c)
+            mean, var = increments_to_log_volume(self.decode(states, windows))
+            origin_log = log_volume_of(current.volume_cm3[:, -1].to(torch.float32))
+            mean = origin_log[:, None] + mean[:, :days]
+            var = offset_var[:, None] + var[:, :days]
+            means.append(mean)
+            variances.append(var)
+            offset_var = var[:, -1]
+            current = _extend(current, block_chemo, block_radio, torch.exp(mean))
+        self.train(was_training)
+        variance = torch.cat(variances, dim=1)
+        return TumourForecast(torch.cat(means, dim=1), variance.sqrt())
+
+
+def increments_to_log_volume(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean change of ``log V`` since the origin and its variance, ``[..., H]`` each.
+
+    Sums the raw daily increments ``[..., H, 2]`` (independent daily noise: variances add).
+    """
+    mean = INCREMENT_SCALE * torch.cumsum(raw[..., 0], dim=-1)
+    std = INCREMENT_SCALE * (functional.softplus(raw[..., 1] - 1.0) + MIN_STD_LOG)
+    return mean, torch.cumsum(std**2, dim=-1)
+
+
+def plan_windows(history: TumourSeries, chemo: Tensor, radio: Tensor, config: Any) -> Tensor:
+    """Treatment windows ``[N, P + H - 1, 2]`` for a forecast from each history's last day.
+
+    The ``P - 1`` days before the origin, then the plan (zero-padded to ``H`` days).
+    """
+    lag, horizon = config.treatment_lag_days, config.horizon_days
+    past = torch.stack([history.chemo, history.radio], dim=-1)[:, :-1].to(torch.float32)
+    past = functional.pad(past, (0, 0, max(0, lag - 1 - past.shape[1]), 0))
+    past = past[:, past.shape[1] - (lag - 1) :]
+    plan = torch.stack([chemo, radio], dim=-1).to(torch.float32)
+    plan = functional.pad(plan, (0, 0, 0, horizon - plan.shape[1]))
+    return torch.cat([past, plan], dim=1)
+
+
+def _extend(history: TumourSeries, chemo: Tensor, radio: Tensor, volume: Tensor) -> TumourSeries:
+    """History followed by a plan block and the volumes it produced."""
+    given_chemo = torch.cat([history.chemo[:, :-1], chemo], dim=1)
+    given_radio = torch.cat([history.radio[:, :-1], radio], dim=1)
+    pad = torch.zeros(len(history), 1, dtype=torch.bool)
+    return TumourSeries(
+        torch.cat([history.volume_cm3.to(volume.dtype), volume], dim=1),
+        torch.cat([given_chemo, pad], dim=1),
+        torch.cat([given_radio, pad], dim=1),
+        history.patient_type,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class OriginBatch:
+    """Every forecast origin of ``N`` patients, laid out for training (patient on dim 0).
+
+    Origins are days ``0 … T-2``; ``origin_mask`` marks those observed with a living tumour
+    and at least one observed target. Targets are ``log V`` on days ``t+1 … t+H``.
+    """
+
+    inputs: Tensor
+    windows: Tensor
+    origins: Tensor
+    origin_log: Tensor
+    target_log: Tensor
+    target_mask: Tensor
+    treated: Tensor
+    origin_mask: Tensor
+
+    def take(self, rows: Tensor) -> OriginBatch:
+        """The origins of the given patients."""
+        return OriginBatch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def sample_origins(self, count: int, generator: torch.Generator) -> OriginBatch:
+        """``count`` origins per patient, drawn with replacement among its valid ones."""
+        weights = self.origin_mask.to(torch.float32) + 1e-6
+        picked = torch.multinomial(weights, count, replacement=True, generator=generator)
+        rows = torch.arange(picked.shape[0])[:, None]
+        return OriginBatch(
+            inputs=self.inputs,
+            windows=self.windows[rows, picked],
+            origins=self.origins[rows, picked],
+            origin_log=self.origin_log[rows, picked],
+            target_log=self.target_log[rows, picked],
+            target_mask=self.target_mask[rows, picked],
+            treated=self.treated[rows, picked],
+            origin_mask=self.origin_mask[rows, picked],
+        )
+
+
+def origin_batch(series: TumourSeries, config: OncologyTwinConfig) -> OriginBatch:
+    """Cut every origin of every patient (factual treatments as the plan)."""
+    if series.days < 2:
+        raise ConfigError("training needs at least 2 days per patient")
+    lag, horizon, days = config.treatment_lag_days, config.horizon_days, series.days
+    count, origins = len(series), days - 1
+    treated = torch.stack([series.chemo, series.radio], dim=-1).to(torch.float32)
+    padded = functional.pad(treated, (0, 0, lag - 1, horizon))
+    windows = padded.unfold(1, config.window_days, 1)[:, :origins].transpose(-1, -2)
+    volume = series.volume_cm3.to(torch.float32)
+    seen = ~torch.isnan(volume)
+    log_volume = log_volume_of(volume.nan_to_num(0.0))
+    ahead = functional.pad(log_volume, (0, horizon)).unfold(1, horizon, 1)[:, 1 : origins + 1]
+    ahead_seen = functional.pad(seen, (0, horizon)).unfold(1, horizon, 1)[:, 1 : origins + 1]
+    living = seen & (volume.nan_to_num(0.0) > 0)
+    # a recovered tumour (volume 0) is an end, not a log-volume to fit
+    ahead_living = functional.pad(living, (0, horizon)).unfold(1, horizon, 1)[:, 1 : origins + 1]
+    target_mask = ahead_seen & ahead_living & living[:, :origins, None]
+    return OriginBatch(
+        inputs=encoder_inputs(series),
+        windows=windows.contiguous(),
+        origins=torch.arange(origins).expand(count, origins).contiguous(),
+        origin_log=log_volume[:, :origins],
+        target_log=ahead.contiguous(),
+        target_mask=target_mask,
+        treated=treated[:, :origins],
+        origin_mask=target_mask[..., 0],
+    )
+
+
+def oncology_loss(
+    raw: Tensor,
+    logits: Tensor,
+    batch: OriginBatch,
+    reduction: str = "mean",
+    volume_weight: float = 0.0,
+) -> Tensor:
+    """Gaussian NLL of ``log V`` (in increment units) plus the treatment-prediction loss.
+
+    ``volume_weight`` adds the squared error of the expected volume in % of the death volume
+    (the benchmark's metric, dominated by large tumours, which the log-scale NLL underweights).
+
+    The treatment head sits behind the gradient-reversal layer, so adding its loss trains the
+    head to predict the observational policy and the encoder to defeat it (scale 0: the head
+    only measures how much treatment information the state carries). ``reduction="none"``
+    gives one loss per patient ``[N]`` (each patient's mean over its origins), whose mean is
+    the ``"mean"`` reduction: what per-patient clipping needs.
+    """
+    mean, var = increments_to_log_volume(raw)
+    target = batch.target_log - batch.origin_log[..., None]
+    scaled_var = var / INCREMENT_SCALE**2
+    nll = 0.5 * torch.log(scaled_var) + 0.5 * (target - mean) ** 2 / var
+    mask = batch.target_mask.to(nll.dtype)
+    loss = nll
+    if volume_weight > 0.0:
+        ceiling = math.log(2.0 * DEATH_VOLUME_CM3)
+        log_hat = (batch.origin_log[..., None] + mean + 0.5 * var).clamp(max=ceiling)
+        error = (torch.exp(log_hat) - torch.exp(batch.target_log)) * (100.0 / DEATH_VOLUME_CM3)
+        loss = loss + volume_weight * error**2
+    per_patient = (loss * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
+    bce = functional.binary_cross_entropy_with_logits(logits, batch.treated, reduction="none")
+    origin = batch.origin_mask.to(bce.dtype)[..., None]
+    per_patient = per_patient + (bce * origin).flatten(1).sum(1) / (
+        2.0 * origin.flatten(1).sum(1).clamp_min(1.0)
+    )
+    if reduction == "none":
+        return per_patient
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
+    return per_patient.mean()
+
+
+class OncologyTrainingConfig(BaseModel):
+    """Plain (non-private) training of the oncology twin."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_patients: int = Field(64, ge=1, le=65536)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    volume_loss_weight: float = Field(1.0, ge=0.0, description="weight of the volume error")
+    origins_per_patient: int = Field(8, ge=1, description="origins drawn per patient and step")
+    patience_epochs: int = Field(
+        6, ge=1, description="stop after this many epochs without a better validation NLL"
+    )
+
+
+@dataclass(frozen=True)
+class OncologyTrainingSummary:
+    """What a training run did; the twin is left at its best validation epoch."""
+
+    epochs: int
+    best_epoch: int
+    train_loss: tuple[float, ...]
+    validation_loss: tuple[float, ...]
+
+
+def reversal_schedule(progress: float, config: OncologyTwinConfig) -> float:
+    """CRN's gradient-reversal ramp ``w · (2 / (1 + e^{-10 p}) - 1)``.
+
+    ``p`` is the training progress in ``[0, 1]``; 0 when balancing is off.
+    """
+    if config.balancing is Balancing.NONE:
+        return 0.0
+    return config.balancing_weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    twin: OncologyTwin, batch: OriginBatch, volume_weight: float = 0.0, chunk: int = 512
+) -> float:
+    """Mean per-patient loss over a batch, without gradients."""
+    was_training = twin.training
+    twin.eval()
+    total = 0.0
+    for start in range(0, batch.inputs.shape[0], chunk):
+        part = batch.take(torch.arange(start, min(start + chunk, batch.inputs.shape[0])))
+        raw, logits = twin(part.inputs, part.windows, part.origins)
+        losses = oncology_loss(raw, logits, part, reduction="none", volume_weight=volume_weight)
+        total += float(losses.sum())
+    twin.train(was_training)
+    return total / max(1, batch.inputs.shape[0])
+
+
+def train_oncology_twin(
+    twin: OncologyTwin,
+    train: TumourSeries,
+    config: OncologyTrainingConfig,
+    generator: torch.Generator,
+    validation: TumourSeries | None = None,
+) -> OncologyTrainingSummary:
+    """Adam over shuffled patients; keeps the epoch with the best validation loss.
+
+    Parameters
+    ----------
+    twin : OncologyTwin
+        Trained in place.
+    train : TumourSeries
+        Factual (observational) training patients.
+    config : OncologyTrainingConfig
+        Epochs, batch, learning rate, early stopping.
+    generator : torch.Generator
+        The only source of randomness (patient order).
+    validation : TumourSeries or None, optional
+        Patients for early stopping (default: the training patients).
+
+    Returns
+    -------
+    OncologyTrainingSummary
+        Loss per epoch and the epoch kept.
+    """
+    data = origin_batch(train, twin.config)
+    held_out = data if validation is None else origin_batch(validation, twin.config)
+    optimizer = torch.optim.Adam(twin.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    best = (math.inf, 0, {k: v.clone() for k, v in twin.state_dict().items()})
+    train_losses: list[float] = []
+    validation_losses: list[float] = []
+    for epoch in range(config.epochs):
+        twin.reversal_scale = reversal_schedule(epoch / config.epochs, twin.config)
+        twin.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(train), config.batch_patients):
+            part = data.take(order[start : start + config.batch_patients])
+            part = part.sample_origins(config.origins_per_patient, generator)
+            optimizer.zero_grad(set_to_none=True)
+            raw, logits = twin(part.inputs, part.windows, part.origins)
+            loss = oncology_loss(raw, logits, part, volume_weight=config.volume_loss_weight)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * part.inputs.shape[0]
+        schedule.step()
+        train_losses.append(total / len(train))
+        validation_losses.append(evaluate_loss(twin, held_out, config.volume_loss_weight))
+        if validation_losses[-1] < best[0]:
+            best = (
+                validation_losses[-1],
+                epoch,
+                {k: v.clone() for k, v in twin.state_dict().items()},
+            )
+        elif epoch - best[1] >= config.patience_epochs:
+            break
+    twin.load_state_dict(best[2])
+    twin.eval()
+    return OncologyTrainingSummary(
+        epochs=len(train_losses),
+        best_epoch=best[1],
+        train_loss=tuple(train_losses),
+        validation_loss=tuple(validation_losses),
+    )
