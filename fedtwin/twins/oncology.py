@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,9 @@ from torch.nn import functional
 
 from fedtwin.cohorts.oncology import DEATH_VOLUME_CM3
 from fedtwin.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtwin.twins.oncology_whatif import OncologyRegimen, RankedRegimen, RegimenObjective
 
 LOG_VOLUME_CENTRE = 1.0
 LOG_VOLUME_SCALE = 3.0
@@ -284,7 +287,8 @@ class OncologyTwin(nn.Module):
         features = self.input(inputs)
         for block in self.blocks:
             features = block(features)
-        return features
+        encoded: Tensor = features
+        return encoded
 
     def decode(self, states: Tensor, windows: Tensor) -> Tensor:
         """Raw daily increments ``[..., H, 2]`` (mean, scale) of one origin each.
@@ -325,7 +329,9 @@ class OncologyTwin(nn.Module):
         encoded = self.encode(inputs).transpose(1, 2)  # [N, T, C]
         index = origins.unsqueeze(-1).expand(-1, -1, encoded.shape[-1])
         states = torch.gather(encoded, 1, index)
-        reversed_states = _ReverseGradient.apply(states, self.reversal_scale)
+        reversed_states = _ReverseGradient.apply(  # type: ignore[no-untyped-call]
+            states, self.reversal_scale
+        )
         logits: Tensor = self.propensity(reversed_states)
         return self.decode(states, windows), logits
 
@@ -382,6 +388,19 @@ class OncologyTwin(nn.Module):
         self.train(was_training)
         variance = torch.cat(variances, dim=1)
         return TumourForecast(torch.cat(means, dim=1), variance.sqrt())
+
+    def compare(
+        self,
+        history: TumourSeries,
+        regimens: Sequence[OncologyRegimen | Mapping[str, Any]],
+        objective: RegimenObjective | None = None,
+        *,
+        level: float = 0.9,
+    ) -> tuple[RankedRegimen, ...]:
+        """Rank regimens for one patient (see :func:`~fedtwin.twins.compare_regimens`)."""
+        from fedtwin.twins.oncology_whatif import compare_regimens
+
+        return compare_regimens(self, history, regimens, objective, level=level)
 
 
 def increments_to_log_volume(raw: Tensor) -> tuple[Tensor, Tensor]:
@@ -628,7 +647,7 @@ def train_oncology_twin(
             optimizer.zero_grad(set_to_none=True)
             raw, logits = twin(part.inputs, part.windows, part.origins)
             loss = oncology_loss(raw, logits, part, volume_weight=config.volume_loss_weight)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += float(loss.detach()) * part.inputs.shape[0]
         schedule.step()

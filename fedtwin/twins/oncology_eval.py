@@ -105,7 +105,7 @@ def _take(obj: object, rows: Tensor) -> object:
     return type(obj)(**values)
 
 
-def simulate_factual(protocol: OncologyProtocol, split: str, patients: int) -> FactualCohort:
+def simulate_tumour_cohort(protocol: OncologyProtocol, split: str, patients: int) -> FactualCohort:
     """Simulate one split's observational data under the confounded policy.
 
     Parameters
@@ -198,7 +198,7 @@ def _cat_rows(parts: Sequence[CounterfactualRows]) -> CounterfactualRows:
     )
 
 
-def one_step_rows(cohort: FactualCohort) -> CounterfactualRows:
+def one_step_counterfactual_rows(cohort: FactualCohort) -> CounterfactualRows:
     """All four one-day options from every origin (τ = 1)."""
     parts = []
     days = cohort.series.days
@@ -227,7 +227,9 @@ def one_step_rows(cohort: FactualCohort) -> CounterfactualRows:
     return _cat_rows(parts)
 
 
-def sliding_treatment_rows(cohort: FactualCohort, projection_horizon: int) -> CounterfactualRows:
+def sliding_treatment_counterfactual_rows(
+    cohort: FactualCohort, projection_horizon: int
+) -> CounterfactualRows:
     """The sliding-treatment plans of τ = 2 … ``projection_horizon + 1``."""
     parts = []
     days, k = cohort.series.days, projection_horizon
@@ -263,7 +265,7 @@ def sliding_treatment_rows(cohort: FactualCohort, projection_horizon: int) -> Co
 VolumePredictor = Callable[[TumourSeries, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
-def persistence_predictor(
+def tumour_persistence(
     series: TumourSeries, patient: Tensor, origin: Tensor, chemo: Tensor, radio: Tensor
 ) -> Tensor:
     """Persistence ("last value"): the volume at the origin, for every day ahead."""
@@ -271,7 +273,7 @@ def persistence_predictor(
     return last[:, None].expand(-1, chemo.shape[1])
 
 
-def twin_predictor(twin: OncologyTwin, chunk: int = 8192) -> VolumePredictor:
+def oncology_twin_predictor(twin: OncologyTwin, chunk: int = 8192) -> VolumePredictor:
     """Adapter: the twin's expected volume for rows of (patient, origin, plan ≤ H days)."""
 
     @torch.no_grad()
@@ -324,7 +326,7 @@ class OncologyScores(BaseModel):
     tau_step_counterfactual_pct: tuple[float, ...] = Field(description="τ = 2, 3, …")
 
 
-def score(
+def score_oncology(
     predictor: VolumePredictor,
     series: TumourSeries,
     one_step: CounterfactualRows,
@@ -409,7 +411,8 @@ def validate_regimen_choice(
     forecast = forecast_regimens(twin, history, chosen).volume_cm3[..., -1].to(torch.float64)
     truth = true_final_volumes(cohort, rows, origin_day, chosen)
     chemo, radio = regimen_doses(chosen)
-    true_objective = objective.value(truth, chemo, radio)
+    origin = history.volume_cm3[:, -1:].to(torch.float64)
+    true_objective = objective.value(truth, origin, chemo, radio)
     best = true_objective.min(dim=1).values
     pick = true_objective.gather(1, predicted.argmin(dim=1, keepdim=True))[:, 0]
     correct = pick <= best + 1e-9

@@ -6,15 +6,15 @@ the field); the objective is one function applied alike to the twin's forecast a
 simulator's ground truth, so a validation compares like with like; the ranking orders by the
 expected objective and reports its interval, never a bare point.
 
-Objective (lower is better): ``volume_weight × final volume in % of the death volume``
+Objective (lower is better): ``volume_weight × final tumour burden (%)``
 ``+ chemo_dose_weight × chemo doses + radio_gy_weight × Gy`` — tumour burden against a
-cumulative-dose toxicity proxy, weights configurable.
+cumulative-dose toxicity proxy, weights configurable (:class:`RegimenObjective`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -65,19 +65,27 @@ class OncologyRegimen(BaseModel):
 
 
 class RegimenObjective(BaseModel):
-    """Weights of the ranking objective (lower is better)."""
+    """Weights of the ranking objective (lower is better).
+
+    ``burden="relative"`` scores the final volume in % of the volume on the origin day (a
+    RECIST-like response, meaningful for small and large tumours alike); ``"absolute"`` in %
+    of the death volume (what the benchmark's RMSE is normalised by).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    volume_weight: float = Field(1.0, ge=0.0, description="per % of the death volume, at the end")
-    chemo_dose_weight: float = Field(0.05, ge=0.0, description="per chemo dose given")
-    radio_gy_weight: float = Field(0.02, ge=0.0, description="per Gy of radiotherapy")
+    burden: Literal["relative", "absolute"] = "relative"
+    volume_weight: float = Field(1.0, ge=0.0, description="per % of final tumour burden")
+    chemo_dose_weight: float = Field(1.0, ge=0.0, description="per chemo dose given")
+    radio_gy_weight: float = Field(0.5, ge=0.0, description="per Gy of radiotherapy")
 
-    def value(self, final_volume_cm3: Tensor, chemo_doses: Tensor, radio_gy: Tensor) -> Tensor:
+    def value(
+        self, final_cm3: Tensor, origin_cm3: Tensor, chemo_doses: Tensor, radio_gy: Tensor
+    ) -> Tensor:
         """Objective of final volumes and cumulative doses (broadcasting)."""
-        burden = 100.0 * final_volume_cm3 / DEATH_VOLUME_CM3
+        reference = origin_cm3.clamp_min(1e-12) if self.burden == "relative" else DEATH_VOLUME_CM3
         return (
-            self.volume_weight * burden
+            self.volume_weight * 100.0 * final_cm3 / reference
             + self.chemo_dose_weight * chemo_doses
             + self.radio_gy_weight * radio_gy
         )
@@ -122,9 +130,9 @@ def parse_regimens(
         try:
             parsed.append(OncologyRegimen.model_validate(raw))
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "regimen"
-            what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            detail = error.errors()[0]
+            where = ".".join(str(part) for part in detail["loc"]) or "regimen"
+            what = "unknown field" if detail["type"] == "extra_forbidden" else detail["msg"]
             name = f" ({label!r})" if isinstance(label, str) else ""
             raise ConfigError(f"regimen {index}{name}: {where}: {what}") from error
     names = [r.name for r in parsed]
@@ -171,7 +179,8 @@ def expected_objectives(
     forecast = forecast_regimens(twin, history, regimens)
     chemo, radio = regimen_doses(regimens)
     final = forecast.volume_cm3[..., -1].to(torch.float64)
-    return objective.value(final, chemo, radio)
+    origin = history.volume_cm3[:, -1:].to(torch.float64)
+    return objective.value(final, origin, chemo, radio)
 
 
 def compare_regimens(
@@ -219,8 +228,10 @@ def compare_regimens(
     low = final.quantile_cm3((1.0 - level) / 2.0)[:, 0].to(torch.float64)
     high = final.quantile_cm3((1.0 + level) / 2.0)[:, 0].to(torch.float64)
     chemo, radio = regimen_doses(chosen)
-    values = weights.value(expected, chemo, radio)
-    lows, highs = weights.value(low, chemo, radio), weights.value(high, chemo, radio)
+    origin = history.volume_cm3[0, -1].to(torch.float64)
+    values = weights.value(expected, origin, chemo, radio)
+    lows = weights.value(low, origin, chemo, radio)
+    highs = weights.value(high, origin, chemo, radio)
     order = torch.argsort(values, stable=True).tolist()
     return tuple(
         RankedRegimen(
