@@ -83,7 +83,7 @@ def personalise(
     windows: ForecastWindows,
     *,
     calibration: CalibrationScales | None = None,
-    ridge: float = 1.0,
+    ridge: float = 10.0,
     steps: int = 300,
     learning_rate: float = 0.05,
 ) -> PersonalHead:
@@ -97,9 +97,10 @@ def personalise(
         ``[N, ...]`` windows of this patient only, e.g. its history up to now.
     calibration : CalibrationScales or None
         The run's calibration; the head corrects the calibrated forecast.
-    ridge : float, default 1.0
-        Weight of ``Σ (gain-1)² + (offset/50)² + log_std²`` against the mean NLL per window,
-        divided by the window count (a prior worth about ``ridge`` windows per parameter).
+    ridge : float, default 10.0
+        Weight of ``Σ (gain-1)² + (offset/50)² + log_std²`` against the mean NLL, divided by
+        the window count: a prior worth about ``ridge`` windows per parameter (overlapping
+        windows of one patient are far from independent, hence more than one).
     steps, learning_rate : int, float
         Adam steps and step size.
 

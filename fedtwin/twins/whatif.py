@@ -289,7 +289,7 @@ def compare_plans(
     coverage : float, default 0.90
         Width of the reported band.
     samples : int, default 200
-        Joint draws for ``score_sd`` and ``p_best``.
+        Joint draws for ``score_sd`` and ``p_best`` (0: skip them, both ``NaN``).
     generator : torch.Generator or None
         Source of the draws (default: seeded with 0).
 
@@ -308,16 +308,20 @@ def compare_plans(
     above = (1.0 - _normal_cdf((goal.high_mg_dl - mean) / std)).mean(dim=1)
     in_range = 1.0 - below - above
     expected = in_range - goal.below_weight * below
-    draws = _joint_draws(
-        mean,
-        std,
-        model.config.horizon_steps,
-        samples,
-        generator if generator is not None else torch.Generator().manual_seed(0),
-    )
-    scores = goal.score(draws)  # [samples, P]
     wins = torch.zeros(len(plans))
-    wins.index_add_(0, scores.argmax(dim=1), torch.ones(samples))
+    score_sd = torch.full((len(plans),), math.nan)
+    if samples > 0:
+        draws = _joint_draws(
+            mean,
+            std,
+            model.config.horizon_steps,
+            samples,
+            generator if generator is not None else torch.Generator().manual_seed(0),
+        )
+        scores = goal.score(draws)  # [samples, P]
+        wins.index_add_(0, scores.argmax(dim=1), torch.ones(samples))
+        if samples > 1:
+            score_sd = scores.std(dim=0)
     z = gaussian_quantile(coverage)
     order = sorted(range(len(plans)), key=lambda p: (-float(expected[p]), plans[p].name))
     outcomes = tuple(
@@ -325,8 +329,8 @@ def compare_plans(
             name=plans[p].name,
             rank=rank + 1,
             score_mean=float(expected[p]),
-            score_sd=float(scores[:, p].std()) if samples > 1 else 0.0,
-            p_best=float(wins[p]) / samples,
+            score_sd=float(score_sd[p]),
+            p_best=float(wins[p]) / samples if samples > 0 else math.nan,
             time_in_range=float(in_range[p]),
             time_below=float(below[p]),
             time_above=float(above[p]),
