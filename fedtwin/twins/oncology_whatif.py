@@ -131,8 +131,12 @@ def parse_regimens(
             parsed.append(OncologyRegimen.model_validate(raw))
         except ValidationError as error:
             detail = error.errors()[0]
-            where = ".".join(str(part) for part in detail["loc"]) or "regimen"
-            what = "unknown field" if detail["type"] == "extra_forbidden" else detail["msg"]
+            where = ".".join(str(part) for part in detail["loc"]) or "days"
+            what = (
+                "unknown field"
+                if detail["type"] == "extra_forbidden"
+                else detail["msg"].removeprefix("Value error, ")
+            )
             name = f" ({label!r})" if isinstance(label, str) else ""
             raise ConfigError(f"regimen {index}{name}: {where}: {what}") from error
     names = [r.name for r in parsed]
