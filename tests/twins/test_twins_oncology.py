@@ -227,3 +227,28 @@ def test_bad_histories_and_plans_raise_config_errors(test_cohort: FactualCohort)
         TumourSeries(history.volume_cm3, history.chemo[:, :-1], history.radio, history.patient_type)
     with pytest.raises(ConfigError, match="finite and >= 0"):
         TumourSeries(-history.volume_cm3, history.chemo, history.radio, history.patient_type)
+
+
+def test_opacus_per_patient_gradients_equal_each_patients_own_gradient(
+    train_cohort: FactualCohort,
+) -> None:
+    from opacus import GradSampleModule
+
+    twin = _randomised(SMALL, seed=6).train()
+    twin.reversal_scale = 0.7
+    batch = origin_batch(train_cohort.series.take(range(4)), SMALL)
+    sampled = GradSampleModule(twin, loss_reduction="sum")
+    raw, logits = sampled(batch.inputs, batch.windows, batch.origins)
+    oncology_loss(raw, logits, batch, reduction="none", volume_weight=0.5).sum().backward()
+    for patient in range(4):
+        alone = OncologyTwin(SMALL)
+        alone.load_state_dict(twin.state_dict())
+        alone.reversal_scale = 0.7
+        part = batch.take(torch.tensor([patient]))
+        raw, logits = alone(part.inputs, part.windows, part.origins)
+        oncology_loss(raw, logits, part, volume_weight=0.5).backward()
+        for (name, shared), own in zip(twin.named_parameters(), alone.parameters(), strict=True):
+            assert own.grad is not None
+            per_sample = shared.grad_sample[patient]  # type: ignore[attr-defined]
+            scale = float(own.grad.abs().max()) + 1e-6
+            assert float((per_sample - own.grad).abs().max()) / scale < 1e-3, name
