@@ -22,13 +22,10 @@ from fedtwin.twins.glucose import (
 from fedtwin.twins.metrics import forecast_metrics
 from fedtwin.twins.oncology import (
     Balancing,
-    OncologyTrainingConfig,
-    OncologyTrainingSummary,
     OncologyTwin,
     OncologyTwinConfig,
     TumourForecast,
     TumourSeries,
-    train_oncology_twin,
 )
 from fedtwin.twins.oncology_eval import (
     CounterfactualRows,
@@ -43,6 +40,11 @@ from fedtwin.twins.oncology_eval import (
     sliding_treatment_counterfactual_rows,
     tumour_persistence,
     validate_regimen_choice,
+)
+from fedtwin.twins.oncology_training import (
+    OncologyTrainingConfig,
+    OncologyTrainingSummary,
+    train_oncology_twin,
 )
 from fedtwin.twins.oncology_whatif import (
     OncologyRegimen,

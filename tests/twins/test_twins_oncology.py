@@ -28,7 +28,8 @@ from fedtwin.twins import (
     tumour_persistence,
     validate_regimen_choice,
 )
-from fedtwin.twins.oncology import encoder_inputs, oncology_loss, origin_batch
+from fedtwin.twins.oncology import encoder_inputs
+from fedtwin.twins.oncology_training import oncology_loss, origin_batch
 
 SMALL = OncologyTwinConfig(horizon_days=4, treatment_lag_days=3, channels=8, hidden=16)
 PROTOCOL = OncologyProtocol(gamma=4.0, days=30, projection_horizon=3, seed=3)
