@@ -230,6 +230,7 @@ def test_bad_histories_and_plans_raise_config_errors(test_cohort: FactualCohort)
         TumourSeries(-history.volume_cm3, history.chemo, history.radio, history.patient_type)
 
 
+@pytest.mark.slow
 def test_opacus_per_patient_gradients_equal_each_patients_own_gradient(
     train_cohort: FactualCohort,
 ) -> None:
