@@ -1,6 +1,21 @@
 """Twin models: forecast a patient's course under a treatment plan, with uncertainty."""
 
+from fedtwin.twins.alerts import (
+    AlertPerformance,
+    HypoAlertConfig,
+    alert_performance,
+    hypo_alarms,
+    hypo_probability,
+)
 from fedtwin.twins.baselines import LinearArForecaster, PersistenceForecaster
+from fedtwin.twins.calibration import (
+    AbsZHistogram,
+    CalibrationScales,
+    abs_z_histogram,
+    apply_calibration,
+    combine_histograms,
+    fit_calibration,
+)
 from fedtwin.twins.clarke import ClarkeZone, clarke_ab_fraction, clarke_zones, zone_fractions
 from fedtwin.twins.evaluation import (
     EvaluationResult,
@@ -19,6 +34,7 @@ from fedtwin.twins.glucose import (
     GlucoseTwinConfig,
     gaussian_nll,
 )
+from fedtwin.twins.history import DeviceHistory, read_history
 from fedtwin.twins.metrics import forecast_metrics
 from fedtwin.twins.oncology import (
     Balancing,
@@ -53,7 +69,22 @@ from fedtwin.twins.oncology_whatif import (
     compare_regimens,
     parse_regimens,
 )
+from fedtwin.twins.personalise import PersonalHead, personalise
 from fedtwin.twins.records import GlucoseRecord, PatientBatch, valid_anchors
+from fedtwin.twins.rollout import Rollout, rollout
+from fedtwin.twins.runfile import TwinRun, load_twin_run, write_twin_run
+from fedtwin.twins.twin import Twin, TwinForecast
+from fedtwin.twins.whatif import (
+    BasalChange,
+    Bolus,
+    Carbs,
+    GlucosePlan,
+    Objective,
+    PlanComparison,
+    PlanOutcome,
+    PlansFile,
+    compare_plans,
+)
 from fedtwin.twins.windows import (
     ForecastWindows,
     all_windows,
@@ -64,21 +95,31 @@ from fedtwin.twins.windows import (
 )
 
 __all__ = [
+    "AbsZHistogram",
+    "AlertPerformance",
     "Balancing",
+    "BasalChange",
+    "Bolus",
+    "CalibrationScales",
+    "Carbs",
     "ClarkeZone",
     "CounterfactualRows",
+    "DeviceHistory",
     "EvaluationResult",
     "FactualCohort",
     "ForecastWindows",
     "Forecaster",
     "GlucoseForecast",
+    "GlucosePlan",
     "GlucoseRecord",
     "GlucoseTwin",
     "GlucoseTwinConfig",
     "GroupKind",
     "GroupScores",
     "HorizonScores",
+    "HypoAlertConfig",
     "LinearArForecaster",
+    "Objective",
     "OncologyProtocol",
     "OncologyRegimen",
     "OncologyScores",
@@ -88,26 +129,46 @@ __all__ = [
     "OncologyTwinConfig",
     "PatientBatch",
     "PersistenceForecaster",
+    "PersonalHead",
+    "PlanComparison",
+    "PlanOutcome",
+    "PlansFile",
     "RankedRegimen",
     "RegimenObjective",
     "RegimenValidation",
+    "Rollout",
     "SiteWindows",
     "TumourForecast",
     "TumourSeries",
+    "Twin",
+    "TwinForecast",
+    "TwinRun",
+    "abs_z_histogram",
+    "alert_performance",
     "all_windows",
+    "apply_calibration",
     "batch_windows",
     "clarke_ab_fraction",
     "clarke_zones",
+    "combine_histograms",
+    "compare_plans",
     "compare_regimens",
     "cut_windows",
     "evaluate_forecasters",
     "evaluation_html",
     "evaluation_table",
+    "fit_calibration",
     "forecast_metrics",
     "gaussian_nll",
+    "hypo_alarms",
+    "hypo_probability",
+    "load_twin_run",
     "oncology_twin_predictor",
     "one_step_counterfactual_rows",
     "parse_regimens",
+    "personalise",
+    "read_history",
+    "rollout",
     "score_oncology",
     "simulate_tumour_cohort",
     "sliding_treatment_counterfactual_rows",
@@ -117,5 +178,6 @@ __all__ = [
     "valid_anchors",
     "validate_regimen_choice",
     "windows_per_patient",
+    "write_twin_run",
     "zone_fractions",
 ]

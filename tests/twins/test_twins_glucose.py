@@ -146,3 +146,14 @@ def test_non_private_training_on_one_site_beats_persistence_at_30_min(
     metrics = forecast_metrics(model, windows)
     assert metrics["rmse_30"] < 0.95 * metrics["persistence_rmse_30"]
     assert metrics["rmse_60"] < metrics["persistence_rmse_60"]
+
+
+def test_horizons_up_to_120_minutes_are_supported() -> None:
+    config = GlucoseTwinConfig(horizon_steps=24)
+    assert config.horizon_min == 120
+    model = GlucoseTwin(config)
+    history = torch.full((2, 3, config.history_steps), 120.0)
+    plan = torch.zeros(2, 2, 24)
+    assert model.forecast(history, plan).mean_mg_dl.shape == (2, 24)
+    with pytest.raises(ValueError):
+        GlucoseTwinConfig(horizon_steps=25)

@@ -71,14 +71,3 @@ def test_calibration_shorter_than_the_horizon_is_refused(tmp_path: Path) -> None
 def test_a_directory_without_a_model_card_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model_card\.json: missing"):
         load_twin_run(tmp_path)
-
-
-def test_horizons_up_to_120_minutes_are_supported() -> None:
-    config = GlucoseTwinConfig(horizon_steps=24)
-    assert config.horizon_min == 120
-    model = GlucoseTwin(config)
-    history = torch.full((2, 3, config.history_steps), 120.0)
-    plan = torch.zeros(2, 2, 24)
-    assert model.forecast(history, plan).mean_mg_dl.shape == (2, 24)
-    with pytest.raises(ValueError):
-        GlucoseTwinConfig(horizon_steps=25)
