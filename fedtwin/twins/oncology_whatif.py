@@ -55,6 +55,12 @@ class OncologyRegimen(BaseModel):
         radio_fractions_per_week: int = 0,
     ) -> OncologyRegimen:
         """Chemo every ``chemo_every_days`` days and radio on the first fractions of each week."""
+        if not 1 <= days <= MAX_PLAN_DAYS or not 0 <= radio_fractions_per_week <= 7:
+            raise ConfigError(
+                f"regimen {name!r} needs 1-{MAX_PLAN_DAYS} days and 0-7 radio fractions a week"
+            )
+        if chemo_every_days is not None and chemo_every_days < 1:
+            raise ConfigError(f"regimen {name!r}: chemo_every_days must be >= 1")
         return cls(
             name=name,
             chemo=tuple(

@@ -210,6 +210,16 @@ def test_bad_regimens_raise_one_clear_line(
     assert "\n" not in str(raised.value)
 
 
+def test_weekly_regimen_rejects_impossible_schedules() -> None:
+    with pytest.raises(ConfigError, match="chemo_every_days"):
+        OncologyRegimen.weekly("x", 7, chemo_every_days=0)
+    with pytest.raises(ConfigError, match="0-7 radio"):
+        OncologyRegimen.weekly("x", 7, radio_fractions_per_week=8)
+    weekly = OncologyRegimen.weekly("x", 9, chemo_every_days=7, radio_fractions_per_week=2)
+    assert weekly.chemo == (True,) + (False,) * 6 + (True, False)
+    assert weekly.radio == (True, True) + (False,) * 5 + (True, True)
+
+
 def test_bad_histories_and_plans_raise_config_errors(test_cohort: FactualCohort) -> None:
     twin = _randomised(SMALL, seed=5)
     history = test_cohort.series.take([0]).until(5)
