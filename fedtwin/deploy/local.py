@@ -126,6 +126,7 @@ def build_local_deployment(
     executor: ClientAppExecutor = "warm",
     seed: int = 0,
     task_poll_interval_s: float = 0.1,
+    app_dir: Path | None = None,
 ) -> LocalDeployment:
     """Write the PKI, the coordinator config and one config per site under ``root``.
 
@@ -133,7 +134,8 @@ def build_local_deployment(
     :class:`~fedtwin.federation.SiteConfig` each), ``consortium_dir`` the ServerApp's
     consortium folder (policy, coordinator audit key, site audit keys).
     ``task_poll_interval_s`` is the SuperExec's task polling interval on both sides (Flower's
-    default is 1 s).
+    default is 1 s). ``app_dir`` is the Flower app the coordinator submits (default: this
+    checkout's, :func:`flower_app_dir`); every site's policy approves its hash as built now.
     """
     pki = PkiLayout(root / "pki")
     init_consortium(pki.root, CONSORTIUM_NAME, DEFAULT_HOSTS)
@@ -150,7 +152,7 @@ def build_local_deployment(
         f"task_poll_interval_s = {task_poll_interval_s}\n"
         f'consortium_dir = "{consortium_dir.resolve()}"\n\n'
         "[run]\n"
-        f'project_dir = "{flower_app_dir()}"\n'
+        f'project_dir = "{(app_dir or flower_app_dir()).resolve()}"\n'
         f'runs_dir = "{(root / "runs").resolve()}"\n'
         f"num_rounds = {rounds}\n"
         f"min_sites = {len(site_documents)}\n"

@@ -13,6 +13,7 @@ patients) and ``query`` (cosign the coordinator's final checkpoint).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -75,10 +76,14 @@ def make_client_app(resolve_site: SiteResolver, clock: RoundClock = wall_clock) 
         The time each round happens at for the site (consent is evaluated then); the wall
         clock in deployments, a simulated study calendar in the demo.
     """
+    from fedtwin.federation.secagg import is_secure_fit, legacy_train, secure_aggregation_mod
+
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=[secure_aggregation_mod])
     def train(msg: Message, context: Context) -> Message:
+        if is_secure_fit(msg):  # SecAgg+ (Flower's legacy records), same guard rails
+            return legacy_train(msg, context, resolve_site, clock, _refusal_code)
         return _guarded(msg, context, resolve_site, clock, _train)
 
     @app.evaluate()
@@ -210,7 +215,7 @@ def _evaluate(
                 ),
             }
         )
-    windows = int(metrics.pop("windows"))
+    windows = int(cast(float, metrics.pop("windows")))
     record = MetricRecord({**metrics, "num-examples": windows, "server-round": server_round})
     return RecordDict({"metrics": record, AUDIT_RECORD_KEY: cosigned})
 

@@ -79,6 +79,9 @@ class RunConfig(BaseModel):
     )
     eval_stride_steps: int = Field(3, ge=1, le=288)
     central_dp: CentralDpConfig | None = None
+    secure_aggregation: bool = Field(
+        False, description="SecAgg+: the coordinator sees only the sum of the sites' updates"
+    )
 
     @classmethod
     def for_policy(cls, policy: ConsortiumPolicy, **settings: Any) -> RunConfig:

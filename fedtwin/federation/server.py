@@ -62,6 +62,7 @@ from fedtwin.federation.resume import (
     load_round_state,
     write_round_state,
 )
+from fedtwin.federation.secagg import run_secure_rounds
 from fedtwin.federation.validation import RejectedUpdate, SiteRefusal, ValidatedStrategy
 from fedtwin.twins import GlucoseTwin
 
@@ -285,7 +286,11 @@ def run_coordinator(
             first_round,
             _round_checkpointer(run, out_dir, outcome.collector, validated, audit),
         )
-        if first_round <= run.num_rounds:
+        if run.secure_aggregation:
+            if resume or run.central_dp is not None:
+                raise ConfigError("secure aggregation runs without --resume and central DP")
+            strategy.arrays = run_secure_rounds(grid, run, audit, outcome.collector, arrays)
+        elif first_round <= run.num_rounds:
             strategy.start(
                 grid=grid,
                 initial_arrays=arrays,
