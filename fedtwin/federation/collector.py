@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fedtwin.federation.calibration import FOLD_KEYS
 from fedtwin.federation.client import SITE_RECORD_KEY
 
 SiteMetrics = dict[str, float]
@@ -30,6 +31,16 @@ def _metrics(record: RecordDict) -> SiteMetrics:
     return {k: float(v) for k, v in metric_record.items() if isinstance(v, int | float)}
 
 
+def _histograms(record: RecordDict) -> dict[str, list[int]]:
+    metric_record = next(iter(record.metric_records.values()))
+    folds = {}
+    for key in FOLD_KEYS:
+        value = metric_record.get(key)
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            folds[key] = [int(v) for v in value]
+    return folds if len(folds) == len(FOLD_KEYS) else {}
+
+
 @dataclass
 class RoundCollector:
     """Collects train and evaluate metrics per round and site; calls back after evaluation."""
@@ -37,6 +48,8 @@ class RoundCollector:
     on_round_evaluated: RoundCallback | None = None
     train: dict[int, dict[str, SiteMetrics]] = field(default_factory=dict)
     evaluate: dict[int, dict[str, SiteMetrics]] = field(default_factory=dict)
+    #: round → site → the calibration folds' flat ``|z|`` histograms (integer counts)
+    calibration: dict[int, dict[str, dict[str, list[int]]]] = field(default_factory=dict)
 
     def aggregate_train(self, records: list[RecordDict], weight_key: str) -> MetricRecord:
         """Record every site's training metrics; return worst-case ε and mean loss."""
@@ -59,6 +72,9 @@ class RoundCollector:
         per_site = {_site(r): _metrics(r) for r in records}
         server_round = int(next(iter(per_site.values()))["server-round"])
         self.evaluate[server_round] = per_site
+        self.calibration[server_round] = {
+            site: folds for site, folds in ((_site(r), _histograms(r)) for r in records) if folds
+        }
         pooled = pool_site_metrics(per_site, weight_key)
         if self.on_round_evaluated is not None:
             self.on_round_evaluated(server_round, self)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import fedtwin
+from fedtwin.federation.calibration import calibrate_from_sites
 from fedtwin.federation.collector import RoundCollector, pool_site_metrics
 from fedtwin.federation.config import RunConfig
 from fedtwin.federation.validation import RejectedUpdate, SiteRefusal
@@ -134,6 +135,12 @@ def model_card(
             epsilon_per_site[site] = metrics["epsilon"]
     final_round = max(collector.evaluate, default=None)
     final_eval = collector.evaluate.get(final_round, {}) if final_round is not None else {}
+    final_histograms = collector.calibration.get(final_round, {}) if final_round else {}
+    calibration, calibration_check = (
+        calibrate_from_sites(final_histograms, run.twin.horizon_steps)
+        if final_histograms
+        else (None, {"status": "not calibrated: no site reported calibration histograms"})
+    )
     return {
         "model_kind": "glucose-twin",
         "version_hash": version_hash,
@@ -161,6 +168,9 @@ def model_card(
             "pooled": pool_site_metrics(final_eval, "num-examples") if final_eval else {},
             "target": "CGM glucose (noisy sensor readings), mg/dL",
         },
+        # Read by fedtwin.twins.runfile: scales on the predicted std for a 90 % band.
+        "calibration": calibration.model_dump(mode="json") if calibration else None,
+        "calibration_check": {"round": final_round, **calibration_check},
         "architecture": run.twin.model_dump(mode="json"),
         "run_config": run.model_dump(mode="json"),
         "software": {"fedtwin": fedtwin.__version__, "flwr": flwr.__version__},

@@ -62,6 +62,7 @@ from fedtwin.consent import (
     load_site_policy,
 )
 from fedtwin.errors import BudgetExhausted, ConfigError, ConsentDenied, VerificationError
+from fedtwin.federation.calibration import site_histograms
 from fedtwin.federation.config import RunConfig, SiteConfig
 from fedtwin.federation.sitedata import SiteData, load_site_data, patient_batch
 from fedtwin.fhir import load_or_create_site_secret
@@ -526,8 +527,12 @@ def cosign(
 
 def evaluate_round(
     party: SiteParty, run: RunConfig, server_round: int, model: GlucoseTwin, at: datetime
-) -> dict[str, float]:
-    """Aggregate forecast metrics on consenting held-out patients (steps 2–3)."""
+) -> dict[str, float | list[int]]:
+    """Aggregate forecast metrics on consenting held-out patients (steps 2–3).
+
+    Besides the metrics, the reply holds the two calibration folds' ``|z|`` histograms
+    (:mod:`fedtwin.federation.calibration`): integer counts, never windows.
+    """
     site = party.site
     data = load_site_data(site)
     site_policy, consortium_policy = _policies(site)
@@ -554,4 +559,7 @@ def evaluate_round(
             f"{site.min_heldout_patients}: no metrics reported"
         )
     metrics = forecast_metrics(model, batch_windows(batch, stride=run.eval_stride_steps))
-    return {**metrics, "heldout-patients": float(len(batch))}
+    histograms = site_histograms(
+        model, batch, load_or_create_site_secret(site.state_dir), run.eval_stride_steps
+    )
+    return {**metrics, "heldout-patients": float(len(batch)), **histograms}

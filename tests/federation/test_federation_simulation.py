@@ -129,3 +129,24 @@ def test_nothing_patient_identifying_leaves_a_site(demo_run: DemoResult) -> None
     for site in demo_run.sites:
         for patient in load_site_data(site).train[:10]:
             assert patient.patient_id not in text
+
+
+def test_model_card_carries_calibration_fitted_from_the_sites_histograms(
+    demo_run: DemoResult,
+) -> None:
+    card = json.loads((demo_run.run_dir / "model_card.json").read_text())
+    check = card["calibration_check"]
+    assert check["round"] == 2
+    assert check["sites"] == sorted(s.site_id for s in demo_run.sites)
+    horizon = card["architecture"]["horizon_steps"]
+    if card["calibration"] is None:  # small sites: too few windows is said, not guessed
+        assert check["status"].startswith("not calibrated")
+        return
+    scales = card["calibration"]["std_scale"]
+    assert len(scales) == horizon and all(s > 0 for s in scales)
+    assert check["status"] == "calibrated"
+    assert len(check["coverage_calibrated_per_step"]) == horizon
+    # The model loads with its calibration through the clinician-facing runtime.
+    from fedtwin.twins.runfile import load_twin_run
+
+    assert load_twin_run(demo_run.run_dir).calibration is not None
