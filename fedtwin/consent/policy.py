@@ -173,7 +173,9 @@ class SitePolicy(BaseModel):
         default_factory=DataWindow, description="which records runs may use"
     )
     approved_app_hashes: tuple[AppDigest, ...] = Field(
-        (), description="digests of approved fedtwin app builds (empty: none approved yet)"
+        (),
+        description="SHA-256 of the Flower app bundles the site reviewed (`fedtwin coordinator "
+        "app-hash`); a deployed site refuses a run of any other bundle, so empty refuses all",
     )
 
 
