@@ -96,7 +96,7 @@ def trained_twin(twin_patients: dict[str, PatientBatch]) -> GlucoseTwin:
     model = GlucoseTwin(TWIN_CONFIG)
     dataset = PatientWindowDataset(train, generator, windows_per_patient=4)
     train_non_private(
-        model, dataset, steps=400, batch_size=32, learning_rate=3e-3, generator=generator
+        model, dataset, steps=250, batch_size=32, learning_rate=4e-3, generator=generator
     )
     return model.eval()
 

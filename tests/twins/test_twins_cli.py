@@ -112,19 +112,20 @@ def test_history_too_short_exits_2_with_one_line_and_no_output(
     assert not any(tmp_path.glob("f.csv*"))
 
 
-def test_a_model_of_another_twin_kind_exits_2(
+def test_a_model_of_another_twin_kind_is_refused_before_any_output(
     tmp_path: Path, twin_run_dir: Path, history_csv: Path
 ) -> None:
+    from fedtwin.cli.twin_forecast import run_forecast_command
+
     other = tmp_path / "other-run"
     other.mkdir()
     card = json.loads((twin_run_dir / "model_card.json").read_text())
     (other / "model_card.json").write_text(json.dumps({**card, "model_kind": "oncology-twin"}))
     (other / "model.safetensors").write_bytes((twin_run_dir / "model.safetensors").read_bytes())
-    result = _run(
-        "forecast", "--model", str(other), "--history", str(history_csv), "--out", "f.csv",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 2 and "model_kind is 'oncology-twin'" in result.stderr
+    with pytest.raises(ConfigError, match="model_kind is 'oncology-twin'"):
+        run_forecast_command(
+            other, history_csv, tmp_path / "f.csv", 30, last=False, basal_only=False
+        )
     assert not any(tmp_path.glob("f.csv*"))
 
 
