@@ -46,6 +46,7 @@ from fedtwin.cohorts.oncology import (
     sample_tumour_patients,
     simulate_tumours,
 )
+from fedtwin.errors import ConfigError
 from fedtwin.twins.oncology import (
     OncologyTwin,
     TumourSeries,
@@ -122,6 +123,8 @@ def simulate_tumour_cohort(protocol: OncologyProtocol, split: str, patients: int
     FactualCohort
         The run with its daily checkpoints.
     """
+    if split not in SPLIT_KEY_OFFSET:
+        raise ConfigError(f"split must be one of {sorted(SPLIT_KEY_OFFSET)}, not {split!r}")
     keys = range(SPLIT_KEY_OFFSET[split], SPLIT_KEY_OFFSET[split] + patients)
     people = sample_tumour_patients(patients, protocol.seed, patient_keys=keys)
     noise_days = protocol.days + protocol.projection_horizon + 1
