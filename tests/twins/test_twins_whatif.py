@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fedtwin.cohorts import (
@@ -65,6 +67,30 @@ def test_schedule_puts_basal_boluses_and_carbs_in_their_bins() -> None:
 def test_plans_file_is_closed_and_checked(document: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         PlansFile.model_validate(document)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 2000) | st.floats(-1e3, 1e3) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["name", "plans", "boluses", "carbs", "at_min", "units", "grams", "x"]),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=JSON)
+def test_any_json_document_is_a_plans_file_or_a_validation_error(document: object) -> None:
+    try:
+        parsed = PlansFile.model_validate(document)
+    except ValidationError:
+        return
+    assert all(plan.last_event_min() < parsed.horizon_min for plan in parsed.plans)
 
 
 def test_objective_rewards_time_in_range_and_penalises_time_below() -> None:
