@@ -10,6 +10,8 @@ the same patient can be replayed under another treatment (ground-truth counterfa
   (:func:`sample_virtual_patients`), daily-life scenarios (:func:`draw_scenario`), swappable
   treatment plans replayed from checkpoints (:func:`replay`), and whole sites streamed in
   patient batches (:func:`simulate_site`).
+- Consortia: :func:`generate_cohort` writes one Bulk FHIR export per site (T1D or oncology,
+  non-IID splits, synthetic consents) and the ground truth apart (``fedtwin cohort generate``).
 - Oncology: the tumour growth model of the counterfactual benchmarks (Geng et al. 2017) under
   chemo- and radiotherapy (:func:`simulate_tumours`).
 """
@@ -23,6 +25,16 @@ from fedtwin.cohorts.controller import (
     PumpLimits,
 )
 from fedtwin.cohorts.exercise import ExerciseModel, ExerciseState
+from fedtwin.cohorts.generate import (
+    CohortKind,
+    ConsentRegime,
+    GenerateConfig,
+    GeneratedSite,
+    SitePlan,
+    Split,
+    generate_cohort,
+    plan_sites,
+)
 from fedtwin.cohorts.oncology import (
     DEATH_VOLUME_CM3,
     ConfoundedAssignment,
@@ -39,6 +51,7 @@ from fedtwin.cohorts.oncology import (
     sphere_diameter_cm,
     sphere_volume_cm3,
 )
+from fedtwin.cohorts.oncology_export import OncologySiteSpec, oncology_histories
 from fedtwin.cohorts.plans import BasalBolusPlan, OpenLoopPlan, TreatmentPlan
 from fedtwin.cohorts.population import (
     AgeGroup,
@@ -105,15 +118,20 @@ __all__ = [
     "BatchedT1DPatient",
     "BehaviourNoise",
     "CGMSensor",
+    "CohortKind",
     "CohortSeries",
     "ConfoundedAssignment",
+    "ConsentRegime",
     "ExerciseEffect",
     "ExerciseHabit",
     "ExerciseModel",
     "ExerciseState",
+    "GenerateConfig",
+    "GeneratedSite",
     "HypoTreatment",
     "MealSpec",
     "MinuteActions",
+    "OncologySiteSpec",
     "OpenLoopPlan",
     "PlausibilityLimits",
     "PopulationModel",
@@ -124,7 +142,9 @@ __all__ = [
     "SensorDropout",
     "SensorParams",
     "SiteBatch",
+    "SitePlan",
     "SiteSpec",
+    "Split",
     "Stage",
     "T1DCheckpoint",
     "T1DScenario",
@@ -142,11 +162,14 @@ __all__ = [
     "draw_scenario",
     "draw_tumour_noise",
     "fit_population_model",
+    "generate_cohort",
     "johnson_su_mg_dl",
     "meal_size_scale",
     "names_in_group",
     "noise_from_innovations",
+    "oncology_histories",
     "patient_by_name",
+    "plan_sites",
     "random_meal_scenario",
     "read_actions_csv",
     "replay",
