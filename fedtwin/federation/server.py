@@ -43,7 +43,7 @@ from fedtwin.audit import (
     write_verifier_key,
 )
 from fedtwin.consent import load_consortium_policy, policy_hash
-from fedtwin.errors import ConfigError, FederationError
+from fedtwin.errors import ConfigError, FederationError, VerificationError
 from fedtwin.federation.audited import AUDIT_RECORD_KEY, AuditedStrategy, CoordinatorAudit
 from fedtwin.federation.client import RUN_CONFIG_KEY
 from fedtwin.federation.collector import RoundCallback, RoundCollector
@@ -156,14 +156,23 @@ def _app_digest(grid: Grid) -> str:
     return code_digest()
 
 
+def _keep_verifier_key(key: VerifierKey, path: Path) -> None:
+    """Write a party's verifier key next to the log; a resumed run finds the same key there."""
+    if path.is_file():
+        if load_verifier_key(path).encode() != key.encode():
+            raise VerificationError(f"{path}: holds another key than this run's {key.name}")
+        return
+    write_verifier_key(key, path)
+
+
 def _open_audit(run: RunConfig, setup: CoordinatorSetup) -> CoordinatorAudit:
     signer = AuditSigner.load(setup.audit_key, COORDINATOR_PARTY)
     layout = AuditLayout(setup.out_dir / "audit")
     layout.root.mkdir(parents=True, exist_ok=True)
     site_keys = setup.enrolled_sites()
-    write_verifier_key(signer.verifier_key, layout.key_path(COORDINATOR_PARTY))
+    _keep_verifier_key(signer.verifier_key, layout.key_path(COORDINATOR_PARTY))
     for site, key in site_keys.items():
-        write_verifier_key(key, layout.key_path(site))
+        _keep_verifier_key(key, layout.key_path(site))
     return CoordinatorAudit(
         log=AuditLog.open(layout.root, COORDINATOR_PARTY),
         signer=signer,
