@@ -159,9 +159,14 @@ def forecast_origins(history: DeviceHistory, config: GlucoseTwinConfig) -> NDArr
     Raises
     ------
     ConfigError
-        When no bin qualifies (history too short for the model).
+        When no bin qualifies (history too short for the model), or no insulin is recorded.
     """
     length = config.history_steps
+    if not history.treatment_known.any():
+        raise ConfigError(
+            f"{history.path}: no insulin_u value in any row; the twin needs the insulin "
+            f"delivered (basal and boluses, 0 where none)"
+        )
     cgm = filled_cgm(history)
     usable = ~np.isnan(cgm)
     known = history.treatment_known

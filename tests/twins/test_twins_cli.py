@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from fedtwin.errors import ConfigError
 from fedtwin.twins.runfile import load_twin_run
 
 FEDTWIN = [sys.executable, "-m", "fedtwin.cli", "twin"]
+START = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -205,3 +206,82 @@ def test_horizon_not_a_multiple_of_5_or_past_the_model_is_refused(
             basal_only=False,
         )  # fmt: skip
     assert not any(tmp_path.glob("f.csv*"))
+
+
+def test_no_insulin_in_the_history_is_refused(
+    tmp_path: Path,
+    twin_run_dir: Path,
+    twin_series: CohortSeries,
+    write_device_csv: Callable[..., Path],
+) -> None:
+    from fedtwin.cli.twin_forecast import run_forecast_command
+
+    cgm, _, carbs = _test_patient(twin_series)
+    history = write_device_csv(tmp_path / "h.csv", cgm, np.full(len(cgm), np.nan), carbs)
+    history.write_text(history.read_text().replace(",nan,", ",,"))
+    with pytest.raises(ConfigError, match="no insulin_u value"):
+        run_forecast_command(
+            twin_run_dir, history, tmp_path / "f.csv", 30, last=False, basal_only=False
+        )
+
+
+def _forecasts(
+    tmp_path: Path,
+    run_dir: Path,
+    write_device_csv: Callable[..., Path],
+    series: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    basal_only: bool,
+) -> dict[datetime, list[dict[str, str]]]:
+    """Rolling 30-min forecasts of ``series``, grouped by origin."""
+    from fedtwin.cli.twin_forecast import run_forecast_command
+
+    name = f"h{len(list(tmp_path.iterdir()))}"
+    history = write_device_csv(tmp_path / f"{name}.csv", *series, start=START)
+    run_forecast_command(
+        run_dir, history, tmp_path / f"{name}-out.csv", 30, last=False, basal_only=basal_only
+    )
+    grouped: dict[datetime, list[dict[str, str]]] = {}
+    for row in _read(tmp_path / f"{name}-out.csv"):
+        grouped.setdefault(datetime.fromisoformat(row["origin"]), []).append(row)
+    return grouped
+
+
+@pytest.mark.parametrize("basal_only", [False, True])
+def test_forecasts_never_read_glucose_after_their_origin(
+    tmp_path: Path,
+    twin_run_dir: Path,
+    twin_series: CohortSeries,
+    write_device_csv: Callable[..., Path],
+    basal_only: bool,
+) -> None:
+    cgm, insulin, carbs = _test_patient(twin_series)
+    changed = cgm.copy()
+    changed[150:] = 300.0
+    plain = _forecasts(tmp_path, twin_run_dir, write_device_csv, (cgm, insulin, carbs),
+                       basal_only=basal_only)  # fmt: skip
+    altered = _forecasts(tmp_path, twin_run_dir, write_device_csv, (changed, insulin, carbs),
+                         basal_only=basal_only)  # fmt: skip
+    cut = START + timedelta(minutes=5 * 150)
+    assert all(altered[o] == rows for o, rows in plain.items() if o < cut)
+    assert any(altered[o] != rows for o, rows in plain.items() if o >= cut)
+
+
+def test_basal_mode_reads_no_treatment_after_the_origin_row(
+    tmp_path: Path,
+    twin_run_dir: Path,
+    twin_series: CohortSeries,
+    write_device_csv: Callable[..., Path],
+) -> None:
+    cgm, insulin, carbs = _test_patient(twin_series)
+    changed = carbs.copy()
+    changed[151:] += 40.0
+    kinds = {}
+    for basal_only in (False, True):
+        plain = _forecasts(tmp_path, twin_run_dir, write_device_csv, (cgm, insulin, carbs),
+                           basal_only=basal_only)  # fmt: skip
+        altered = _forecasts(tmp_path, twin_run_dir, write_device_csv, (cgm, insulin, changed),
+                             basal_only=basal_only)  # fmt: skip
+        origin = START + timedelta(minutes=5 * 150)
+        kinds[basal_only] = altered[origin] == plain[origin]
+    assert kinds == {True: True, False: False}  # recorded mode conditions on logged carbs
