@@ -57,10 +57,11 @@ def forecast(
     future_treatment: Annotated[
         FutureTreatment,
         typer.Option(
-            help="insulin/carbs after each origin: 'recorded' (the history's rows, basal "
-            "continued past its end) or 'basal' (basal only, nothing after the origin is read)"
+            help="insulin/carbs after each origin: 'basal' (default: strictly prospective, "
+            "nothing after the origin's row is read) or 'recorded' (the history's later rows as "
+            "the plan, basal continued past its end)"
         ),
-    ] = FutureTreatment.RECORDED,
+    ] = FutureTreatment.BASAL,
 ) -> None:
     """Rolling forecasts: one per history row after the warm-up, 90 % band, 5-min steps."""
     from fedtwin.cli.twin_forecast import run_forecast_command
