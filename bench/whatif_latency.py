@@ -3,7 +3,7 @@
 :func:`fedtwin.twins.whatif.compare_plans` rolls every plan in one batch (one network pass per
 chained forecast for all plans) and scores them with 200 joint draws. The baseline is the same
 comparison run plan by plan (100 calls, one plan each) in the same process. The twin is the
-federation's default architecture (``GlucoseTwinConfig()``: 3 h of history, 60-min horizon,
+federation's default architecture (``GlucoseTwinConfig()``: 3 h of history, 120-min horizon,
 so 24 chained forecasts per day) with seeded random weights (latency does not depend on the
 weights); ``batched_s_120min`` repeats the batched run for a 120-min-horizon twin (12 chained
 forecasts). Goal: ``batched_s <= 1``. Timings are the best of ``--repeat`` runs, as wall

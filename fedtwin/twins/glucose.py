@@ -43,7 +43,7 @@ class GlucoseTwinConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     history_steps: int = Field(36, ge=8, le=288, description="history length L, 5-min steps")
-    horizon_steps: int = Field(12, ge=1, le=24, description="forecast horizon H, 5-min steps")
+    horizon_steps: int = Field(24, ge=1, le=24, description="forecast horizon H, 5-min steps")
     channels: int = Field(32, ge=4, le=256, description="width of the convolutional encoder")
     dilations: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=8)
     kernel_size: int = Field(3, ge=2, le=7)

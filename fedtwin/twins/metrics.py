@@ -12,7 +12,7 @@ from torch import Tensor
 from fedtwin.twins.glucose import GlucoseTwin, gaussian_nll
 from fedtwin.twins.windows import ForecastWindows
 
-REPORTED_HORIZONS_MIN = (30, 60)
+REPORTED_HORIZONS_MIN = (30, 60, 120)
 # Two-sided 90 % central interval of a Gaussian: mean ± 1.6449 σ.
 Z_90 = 1.6448536269514722
 
