@@ -255,6 +255,11 @@ def _line(
         "config": name,
         "rmse30_mg_dl": round(overall.at(30).rmse_mg_dl, 3),
         "rmse60_mg_dl": round(overall.at(60).rmse_mg_dl, 3),
+        **(
+            {"rmse120_mg_dl": round(overall.at(120).rmse_mg_dl, 3)}
+            if 120 in result.horizons_min
+            else {}
+        ),
         "mae30_mg_dl": round(overall.at(30).mae_mg_dl, 3),
         "clarke_ab30_pct": round(overall.at(30).clarke_ab_pct, 2),
         "clarke_ab60_pct": round(overall.at(60).clarke_ab_pct, 2),
@@ -413,6 +418,8 @@ def main() -> None:
         "windows_per_patient": args.windows_per_patient,
         "federation": "in-process FedAvg over fedtwin's site training code (not Flower's engine)",
         "target": result.target,
+        "history_min": 5 * GlucoseTwinConfig().history_steps,
+        "horizon_min": 5 * GlucoseTwinConfig().horizon_steps,
         "sensor_noise_rms_mg_dl": round(sensor, 3),
         "cgm_noise_floor_rmse30_mg_dl": round(floor, 3),
         "goal_pooled_rmse30_le_9_4": pooled_rmse <= GOAL_POOLED_RMSE30,

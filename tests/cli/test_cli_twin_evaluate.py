@@ -14,6 +14,7 @@ from fedtwin.federation import RoundCollector, write_sites_manifest
 from fedtwin.federation.outputs import model_card, write_json, write_model
 from fedtwin.federation.sitedata import load_site_data
 from fedtwin.twins import GlucoseTwin
+from fedtwin.twins.evaluation import reported_horizons
 
 FEDTWIN = [sys.executable, "-m", "fedtwin.cli"]
 
@@ -52,7 +53,8 @@ def test_evaluate_scores_twin_and_baselines_on_each_sites_heldout_patients(
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)
     assert document["forecasters"] == ["twin", "linear AR", "persistence"]
-    assert document["horizons_min"] == [30, 60]
+    horizon_steps = json.loads((run_dir / "run_config.json").read_text())["twin"]["horizon_steps"]
+    assert document["horizons_min"] == list(reported_horizons(horizon_steps))
     rows = {(r["forecaster"], r["kind"], r["group"]): r for r in document["groups"]}
     manifest = json.loads((run_dir / "sites" / "sites.json").read_text())
     site_ids = [site["site_id"] for site in manifest]
