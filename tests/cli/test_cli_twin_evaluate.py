@@ -30,7 +30,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's run layout (3 sites' FHIR exports, keys, policies) with an untrained twin."""
     root = tmp_path_factory.mktemp("runs") / "run-eval"
-    config = DemoConfig(rounds=1, sites=3, patients_per_site=40, days=0.5, seed=5, out=root.parent)
+    config = DemoConfig(rounds=1, sites=3, patients_per_site=40, days=1.0, seed=5, out=root.parent)
     sites = generate_sites(config, root)
     write_sites_manifest(root / "sites", sites)
     run = run_config_for(config, "run-eval")
