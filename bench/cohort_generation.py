@@ -81,20 +81,22 @@ def generate_sites(args: argparse.Namespace) -> dict[str, Any]:
         batch_patients=args.batch_patients,
     )
     parent = Path(tempfile.mkdtemp(prefix="fedtwin-bench-"))
-    per_site: dict[str, dict[str, Any]] = {}
-    last_done = [time.perf_counter()]
+    done_at: dict[str, float] = {}
 
     def progress(site: str, fraction: float, number: int, count: int) -> None:
-        if fraction >= 1.0 and site not in per_site:
-            now = time.perf_counter()
-            per_site[site] = {"seconds": round(now - last_done[0], 1)}
-            last_done[0] = now
+        if fraction >= 1.0:  # the last call of a site comes once its export is written
+            done_at[site] = time.perf_counter()
         print(f"\r{site} {100 * fraction:5.1f} %", end="", file=sys.stderr)
 
     try:
         start = time.perf_counter()
         generated = generate_cohort(config, parent / "cohort", progress=progress)
         seconds = time.perf_counter() - start
+        ends = [start, *done_at.values()]
+        per_site: dict[str, dict[str, Any]] = {
+            site: {"seconds": round(end - begin, 1)}
+            for site, begin, end in zip(done_at, ends, ends[1:], strict=False)
+        }
         print(file=sys.stderr)
         written = sum(f.stat().st_size for f in (parent / "cohort").rglob("*") if f.is_file())
     finally:
