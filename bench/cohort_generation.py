@@ -20,6 +20,7 @@ Example: ``python bench/cohort_generation.py --patients 1000 --days 14 --mode ge
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import shutil
@@ -65,6 +66,11 @@ def simglucose_seconds_per_patient_day(name: str, minutes: int) -> float:
             cho = meals.get(minute, 0.0)
             patient.step(Action(CHO=cho, insulin=basal + cho / ratio))
         return (time.perf_counter() - start) * 1440.0 / minutes
+
+
+def show_progress(site_id: str, fraction: float) -> None:
+    """One status line on stderr."""
+    print(f"\r{site_id} {100 * fraction:5.1f} %", end="", file=sys.stderr)
 
 
 def generate_sites(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +151,7 @@ def main() -> None:
         for batch in simulate_site(
             spec,
             batch_patients=args.batch_patients,
-            progress=lambda f, s=site_id: print(f"\r{s} {100 * f:5.1f} %", end="", file=sys.stderr),
+            progress=functools.partial(show_progress, site_id),
         ):
             readings += int((~torch.isnan(batch.trajectory.cgm_mg_dl)).sum())
         per_site[site_id] = {
