@@ -382,7 +382,19 @@ def run_demo(
         if outcome.version_hash is None:
             raise FederationError("the coordinator did not finish the run")
         collect_site_logs(sites, partial_dir)
-        audit = write_report(partial_dir, partial_dir / "report.html", datetime.now(UTC))
+        # The twin scored on every site's consenting held-out patients vs persistence and AR
+        # (what `fedtwin twin evaluate` prints), kept beside the model and in the report.
+        from fedtwin.cli.twin_evaluate import evaluate_run
+        from fedtwin.twins.evaluation import evaluation_html
+
+        evaluation = evaluate_run(partial_dir)
+        write_json(partial_dir / "evaluation.json", evaluation.document())
+        audit = write_report(
+            partial_dir,
+            partial_dir / "report.html",
+            datetime.now(UTC),
+            appendices=[evaluation_html(evaluation, "Forecast quality on held-out patients")],
+        )
         partial_dir.rename(final_dir)
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)

@@ -360,8 +360,13 @@ def _errors(events: Sequence[AuditEvent]) -> str:
     return _table(["time", "party", "where", "error", "message"], rows, "no errors")
 
 
-def render_report(audit: RunAudit, generated_at: datetime) -> str:
-    """The report page for a verified run directory."""
+def render_report(audit: RunAudit, generated_at: datetime, appendices: Sequence[str] = ()) -> str:
+    """The report page for a verified run directory.
+
+    ``appendices`` are trusted, already escaped HTML ``<section>`` fragments rendered after the
+    audit sections (e.g. the twin's evaluation, :func:`fedtwin.twins.evaluation.evaluation_html`);
+    they are not derived from the logs, so the integrity verdict does not cover them.
+    """
     events = audit.events()
     body = "".join(
         [
@@ -375,6 +380,7 @@ def render_report(audit: RunAudit, generated_at: datetime) -> str:
             _section("rejected", "Rejected updates", _rejected(events)),
             _section("lineage", "Model lineage and contributors", _lineage(events)),
             _section("errors", "Errors and recoveries", _errors(events)),
+            *appendices,
         ]
     )
     return (
@@ -385,8 +391,10 @@ def render_report(audit: RunAudit, generated_at: datetime) -> str:
     )
 
 
-def write_report(run_dir: Path, out: Path, generated_at: datetime) -> RunAudit:
+def write_report(
+    run_dir: Path, out: Path, generated_at: datetime, appendices: Sequence[str] = ()
+) -> RunAudit:
     """Verify a run directory's logs and write the report to ``out`` (atomically)."""
     audit = audit_run(run_dir)
-    atomic_write(out, render_report(audit, generated_at).encode("utf-8"))
+    atomic_write(out, render_report(audit, generated_at, appendices).encode("utf-8"))
     return audit

@@ -150,3 +150,15 @@ def test_model_card_carries_calibration_fitted_from_the_sites_histograms(
     from fedtwin.twins.runfile import load_twin_run
 
     assert load_twin_run(demo_run.run_dir).calibration is not None
+
+
+def test_run_keeps_the_twin_s_held_out_evaluation_beside_the_model_and_in_the_report(
+    demo_run: DemoResult,
+) -> None:
+    document = json.loads((demo_run.run_dir / "evaluation.json").read_text())
+    text = json.dumps(document)
+    for forecaster in ("twin", "persistence", "linear AR"):
+        assert f'"{forecaster}"' in text
+    report = (demo_run.run_dir / "report.html").read_text()
+    assert "Forecast quality on held-out patients" in report
+    assert "Clarke" in report
