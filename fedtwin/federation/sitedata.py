@@ -9,7 +9,8 @@ Invariants:
 * a patient's data outside the site policy's data window is masked out before any window is
   cut, so it can enter neither training nor evaluation;
 * an export is read once per process and re-read when any of its files changes (names, sizes,
-  modification times); consents are part of the export, so a new withdrawal is always seen;
+  modification times); consents are part of the export, so a new withdrawal is always seen; a
+  process keeps the latest state of up to 16 exports (simulation runs several sites per process);
 * what this module returns for use beyond the site names patients by keyed pseudonym only.
 """
 
@@ -76,6 +77,7 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
 
 
+_CACHE_FOLDERS = 16
 _cache_lock = threading.Lock()
 _cache: dict[tuple[Path, tuple[tuple[str, int, int], ...], str, str], SiteData] = {}
 
@@ -112,7 +114,12 @@ def load_site_data(site: SiteConfig) -> SiteData:
         report=export.report,
     )
     with _cache_lock:
-        _cache.clear()  # one export per site process; drop stale states
+        # One entry per export folder: a stale state of this folder is dropped; other sites'
+        # exports stay (in simulation one process serves several sites in turn).
+        for stale in [k for k in _cache if k[0] == folder]:
+            del _cache[stale]
+        while len(_cache) >= _CACHE_FOLDERS:
+            del _cache[next(iter(_cache))]
         _cache[key] = data
     return data
 

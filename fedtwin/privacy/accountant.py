@@ -9,6 +9,7 @@ sum. ε is always computed by a *fresh* Opacus accountant fed the whole history 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable
@@ -52,13 +53,28 @@ def poisson_sample_rate(num_patients: int, expected_batch_patients: int) -> floa
 def epsilon_spent(
     history: Iterable[MechanismSteps], delta: float, accountant: AccountantKind
 ) -> float:
-    """ε (per patient) of the composition of every mechanism in ``history`` at ``delta``."""
-    fresh = create_accountant(mechanism=accountant.value)
-    fresh.history = [
-        (item.noise_multiplier, item.sample_rate, item.steps) for item in history if item.steps
-    ]
-    if not fresh.history:
+    """ε (per patient) of the composition of every mechanism in ``history`` at ``delta``.
+
+    Composition is commutative and ``k`` steps then ``m`` steps of one (σ, q) are ``k + m``
+    steps of it, so spends at the same (σ, q) are merged before accounting: a ledger's rounds
+    of one run cost one accountant term, not one per round (PRV's cost grows with the terms).
+    """
+    merged: dict[tuple[float, float], int] = {}
+    for item in history:
+        if item.steps:
+            key = (item.noise_multiplier, item.sample_rate)
+            merged[key] = merged.get(key, 0) + item.steps
+    return _epsilon_of_terms(tuple(sorted(merged.items())), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_of_terms(
+    terms: tuple[tuple[tuple[float, float], int], ...], delta: float, accountant: AccountantKind
+) -> float:
+    if not terms:
         return 0.0
+    fresh = create_accountant(mechanism=accountant.value)
+    fresh.history = [(noise, rate, steps) for (noise, rate), steps in terms]
     # Far outside the useful range (ε in the hundreds) PRV's numerics overflow and it answers
     # inf or nan; both mean "no guarantee left", so they are reported as inf (fail closed).
     # Its warnings (and RDP's note on the alpha range) say the same and are not shown.

@@ -96,3 +96,19 @@ def test_sample_rate_is_what_opacus_derives() -> None:
     assert poisson_sample_rate(1000, 256) == 0.25
     assert poisson_sample_rate(100, 32) == 0.25
     assert poisson_sample_rate(10, 64) == 1.0
+
+
+def test_rounds_at_one_noise_level_cost_one_term_and_the_same_epsilon() -> None:
+    from opacus.accountants import RDPAccountant
+
+    rounds = [MechanismSteps(noise_multiplier=1.3, sample_rate=0.05, steps=30)] * 5
+    other = MechanismSteps(noise_multiplier=2.0, sample_rate=0.1, steps=10)
+    reference = RDPAccountant()
+    reference.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in [*rounds, other]]
+    expected = float(reference.get_epsilon(delta=1e-5))
+    merged = epsilon_spent([other, *rounds], 1e-5, AccountantKind.RDP)
+    assert merged == pytest.approx(expected, rel=1e-9)
+    one_term = [MechanismSteps(noise_multiplier=1.3, sample_rate=0.05, steps=150)]
+    assert epsilon_spent(rounds, 1e-5, AccountantKind.PRV) == epsilon_spent(
+        one_term, 1e-5, AccountantKind.PRV
+    )
