@@ -37,21 +37,14 @@ from quality import (
     Site,
     _federate,
     _pooled_batch,
-    _round_seed,
     _site,
     _train_plain,
+    plain_local,
+    private_local,
 )
 
-from fedtwin.privacy import (
-    AccountantKind,
-    DpSgdConfig,
-    calibrate_noise_multiplier,
-    poisson_sample_rate,
-    train_private_round,
-)
 from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig
 from fedtwin.twins.evaluation import Candidate, evaluate_forecasters
-from fedtwin.twins.training import PatientWindowDataset
 
 
 def _rmse30(models: dict[str, Candidate], sites: list[Site]) -> dict[str, dict[str, float]]:
@@ -100,49 +93,14 @@ def main() -> None:
     models["pooled"] = pooled
     seconds["pooled"] = time.perf_counter() - started
 
-    def plain(model: GlucoseTwin, site: Site, server_round: int, index: int) -> None:
-        _train_plain(
-            model,
-            site.train,
-            args.local_steps,
-            args.batch_patients,
-            args,
-            _round_seed(args.seed, server_round, index),
-        )
-
     started = time.perf_counter()
-    models["eps=inf"] = _federate(initial, sites, args.rounds, plain)
+    models["eps=inf"] = _federate(initial, sites, args.rounds, plain_local(args))
     seconds["eps=inf"] = time.perf_counter() - started
     print(f"federated non-private {seconds['eps=inf']:.0f} s", file=sys.stderr)
 
-    dp = DpSgdConfig(
-        local_steps=args.local_steps,
-        expected_batch_patients=args.batch_patients,
-        max_grad_norm=args.max_grad_norm,
-        learning_rate=args.learning_rate,
-        windows_per_patient=args.windows_per_patient,
-        accountant=AccountantKind.PRV,
-    )
     sigmas: dict[float, dict[str, float]] = {}
     for epsilon in epsilons:
-        sigmas[epsilon] = {
-            site.site_id: calibrate_noise_multiplier(
-                target_epsilon=epsilon,
-                delta=DELTA,
-                sample_rate=poisson_sample_rate(len(site.train), args.batch_patients),
-                steps=steps,
-                accountant=AccountantKind.PRV,
-            )
-            for site in sites
-        }
-
-        def private(
-            model: GlucoseTwin, site: Site, server_round: int, index: int, eps: float = epsilon
-        ) -> None:
-            generator = torch.Generator().manual_seed(_round_seed(args.seed, server_round, index))
-            dataset = PatientWindowDataset(site.train, generator, args.windows_per_patient)
-            train_private_round(model, dataset, sigmas[eps][site.site_id], dp, generator)
-
+        private, sigmas[epsilon] = private_local(args, sites, epsilon)
         started = time.perf_counter()
         models[f"eps={epsilon:g}"] = _federate(initial, sites, args.rounds, private)
         seconds[f"eps={epsilon:g}"] = time.perf_counter() - started

@@ -239,6 +239,53 @@ def _federate(
     return global_model
 
 
+def plain_local(args: argparse.Namespace) -> LocalTrain:
+    """A site's non-private round: ``S`` Adam steps of ``B`` patients (seeded per round/site)."""
+
+    def plain(model: GlucoseTwin, site: Site, server_round: int, index: int) -> None:
+        _train_plain(
+            model,
+            site.train,
+            args.local_steps,
+            args.batch_patients,
+            args,
+            _round_seed(args.seed, server_round, index),
+        )
+
+    return plain
+
+
+def private_local(
+    args: argparse.Namespace, sites: list[Site], epsilon: float
+) -> tuple[LocalTrain, dict[str, float]]:
+    """A site's DP-SGD round at the σ that keeps all ``R·S`` steps within ``epsilon``, and σ."""
+    dp = DpSgdConfig(
+        local_steps=args.local_steps,
+        expected_batch_patients=args.batch_patients,
+        max_grad_norm=args.max_grad_norm,
+        learning_rate=args.learning_rate,
+        windows_per_patient=args.windows_per_patient,
+        accountant=AccountantKind.PRV,
+    )
+    sigmas = {
+        site.site_id: calibrate_noise_multiplier(
+            target_epsilon=epsilon,
+            delta=DELTA,
+            sample_rate=poisson_sample_rate(len(site.train), args.batch_patients),
+            steps=args.rounds * args.local_steps,
+            accountant=AccountantKind.PRV,
+        )
+        for site in sites
+    }
+
+    def private(model: GlucoseTwin, site: Site, server_round: int, index: int) -> None:
+        generator = torch.Generator().manual_seed(_round_seed(args.seed, server_round, index))
+        dataset = PatientWindowDataset(site.train, generator, args.windows_per_patient)
+        train_private_round(model, dataset, sigmas[site.site_id], dp, generator)
+
+    return private, sigmas
+
+
 def _round_seed(seed: int, server_round: int, site_index: int) -> int:
     return seed * 1_000_003 + server_round * 101 + site_index
 
@@ -309,44 +356,12 @@ def main() -> None:
     timings["pooled_s"] = time.perf_counter() - started
     print(f"pooled {timings['pooled_s']:.0f} s", file=sys.stderr)
 
-    def plain(model: GlucoseTwin, site: Site, server_round: int, index: int) -> None:
-        _train_plain(
-            model,
-            site.train,
-            args.local_steps,
-            args.batch_patients,
-            args,
-            _round_seed(args.seed, server_round, index),
-        )
-
     started = time.perf_counter()
-    models["federated"] = _federate(initial, sites, args.rounds, plain)
+    models["federated"] = _federate(initial, sites, args.rounds, plain_local(args))
     timings["federated_s"] = time.perf_counter() - started
     print(f"federated {timings['federated_s']:.0f} s", file=sys.stderr)
 
-    dp = DpSgdConfig(
-        local_steps=args.local_steps,
-        expected_batch_patients=args.batch_patients,
-        max_grad_norm=args.max_grad_norm,
-        learning_rate=args.learning_rate,
-        windows_per_patient=args.windows_per_patient,
-        accountant=AccountantKind.PRV,
-    )
-    sigmas = {
-        site.site_id: calibrate_noise_multiplier(
-            target_epsilon=args.epsilon,
-            delta=DELTA,
-            sample_rate=poisson_sample_rate(len(site.train), args.batch_patients),
-            steps=steps,
-            accountant=AccountantKind.PRV,
-        )
-        for site in sites
-    }
-
-    def private(model: GlucoseTwin, site: Site, server_round: int, index: int) -> None:
-        generator = torch.Generator().manual_seed(_round_seed(args.seed, server_round, index))
-        dataset = PatientWindowDataset(site.train, generator, args.windows_per_patient)
-        train_private_round(model, dataset, sigmas[site.site_id], dp, generator)
+    private, sigmas = private_local(args, sites, args.epsilon)
 
     started = time.perf_counter()
     models["federated-dp"] = _federate(initial, sites, args.rounds, private)
