@@ -11,6 +11,10 @@ Invariants:
 * an export is read once per process and re-read when any of its files changes (names, sizes,
   modification times); consents are part of the export, so a new withdrawal is always seen; a
   process keeps the latest state of up to 16 exports (simulation runs several sites per process);
+  across processes, the site's authenticated ingest cache (:mod:`.ingest_cache`, keyed by the
+  files' SHA-256) spares re-validating unchanged bytes;
+* each Consent is reduced to its :class:`~fedtwin.consent.ConsentRecord` once per export state
+  (an invalid one is kept as read, so using it still fails exactly as before);
 * what this module returns for use beyond the site names patients by keyed pseudonym only.
 """
 
@@ -28,8 +32,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from fedtwin.consent import ConsentRecord, consent_record
 from fedtwin.errors import IngestError
 from fedtwin.federation.config import SiteConfig
+from fedtwin.federation.ingest_cache import cached_read
 from fedtwin.fhir import (
     IngestOptions,
     IngestPolicy,
@@ -53,15 +59,15 @@ class SiteData:
     ----------
     train, heldout : tuple[PatientSeries, ...]
         Usable glucose patients of each part, in export order.
-    consents : Mapping[str, list[ParsedResource]]
-        Local patient id → validated Consent resources.
+    consents : Mapping[str, Sequence[ConsentRecord | ParsedResource]]
+        Local patient id → its validated Consents, reduced to records (an invalid one as read).
     report : IngestReport
         The ingest counts (no patient identifiers).
     """
 
     train: tuple[PatientSeries, ...]
     heldout: tuple[PatientSeries, ...]
-    consents: Mapping[str, list[ParsedResource]]
+    consents: Mapping[str, Sequence[ConsentRecord | ParsedResource]]
     report: IngestReport
 
 
@@ -98,10 +104,13 @@ def load_site_data(site: SiteConfig) -> SiteData:
         return cached
     secret = load_or_create_site_secret(site.state_dir)
     policy = IngestPolicy.strict() if site.ingest_policy == "strict" else IngestPolicy.lenient()
-    export = read_site(
+    options = IngestOptions(policy=policy, fhir_version=site.fhir_version)
+    export = cached_read(
         folder,
-        secret=secret,
-        options=IngestOptions(policy=policy, fhir_version=site.fhir_version),
+        site.state_dir,
+        secret,
+        options.model_dump_json(),
+        lambda: read_site(folder, secret=secret, options=options),
     )
     heldout = tuple(
         p for p in export.patients if is_heldout(secret, p.patient_id, site.heldout_fraction)
@@ -110,7 +119,7 @@ def load_site_data(site: SiteConfig) -> SiteData:
     data = SiteData(
         train=tuple(p for p in export.patients if p.patient_id not in held_ids),
         heldout=heldout,
-        consents=export.consents,
+        consents={k: tuple(_reduced(c) for c in v) for k, v in export.consents.items()},
         report=export.report,
     )
     with _cache_lock:
@@ -122,6 +131,13 @@ def load_site_data(site: SiteConfig) -> SiteData:
             del _cache[next(iter(_cache))]
         _cache[key] = data
     return data
+
+
+def _reduced(parsed: ParsedResource) -> ConsentRecord | ParsedResource:
+    try:
+        return consent_record(parsed)
+    except IngestError:
+        return parsed
 
 
 @dataclass(frozen=True, eq=False)
