@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -183,6 +184,39 @@ def _number(value: float) -> float:
     return float(np.format_float_positional(single, unique=True, trim="-"))
 
 
+def _numbers_text(values: NDArray[np.float64]) -> list[str]:
+    """``repr(_number(v))`` for every value, vectorised: short decimals that round-trip float32.
+
+    For each value the fewest decimals ``k`` whose rounding reads back as the same float32 are
+    found with numpy; the text is Python's correctly rounded ``round(v, k)``. Every result is
+    checked to read back as the same float32, and any that would not (ties) is formatted by
+    :func:`_number` instead, so the written grid is exact either way.
+    """
+    single = values.astype(np.float32)
+    exact = single.astype(np.float64)
+    digits = np.full(values.shape, -1, dtype=np.int64)
+    for k in range(10):
+        found = (digits < 0) & (np.round(exact, k).astype(np.float32) == single)
+        digits[found] = k
+    numbers = cast(list[float], exact.tolist())
+    places = cast(list[int], digits.tolist())
+    texts = [
+        repr(round(v, k)) if k >= 0 else repr(_number(v))
+        for v, k in zip(numbers, places, strict=True)
+    ]
+    back = np.array([float(t) for t in texts], dtype=np.float64).astype(np.float32)
+    for index in np.flatnonzero(back != single).tolist():
+        texts[index] = repr(_number(exact[index]))
+    return texts
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_times(start: datetime, step_min: float, length: int) -> tuple[str, ...]:
+    """``length + 1`` UTC times from ``start`` at ``step_min`` (patients of a site share them)."""
+    step = timedelta(minutes=step_min)
+    return tuple(_utc_text(start + k * step) for k in range(length + 1))
+
+
 class _ExportWriter:
     def __init__(self, folder: Path, options: ExportOptions) -> None:
         self.folder = folder
@@ -268,6 +302,28 @@ class _ExportWriter:
         Only the id, the time and the value change between a patient's readings; formatting
         every reading through ``json.dumps`` of a fresh dict was most of the writer's time.
         """
+        head, value_head, tail = self._observation_fragments(
+            subject, code, display, category, quantity
+        )
+        self.counts["Observation"] += 1
+        self.handles["Observation"].write(
+            '{"resourceType":"Observation","id":"observation-'
+            + str(self.counts["Observation"])
+            + head
+            + _json_string(when)
+            + value_head
+            + repr(quantity["value"])
+            + tail
+        )
+
+    def _observation_fragments(
+        self,
+        subject: str,
+        code: str,
+        display: str,
+        category: str | None,
+        quantity: dict[str, Any],
+    ) -> tuple[str, str, str]:
         key = (subject, code, display, category, quantity["unit"], quantity["code"])
         fragments = self._fragments.get(key)
         if fragments is None:
@@ -286,17 +342,37 @@ class _ExportWriter:
                 tail,
             )
             self._fragments = {key: fragments}  # one patient at a time: keep memory flat
-        self.counts["Observation"] += 1
-        head, value_head, tail = fragments
-        self.handles["Observation"].write(
-            '{"resourceType":"Observation","id":"observation-'
-            + str(self.counts["Observation"])
-            + head
-            + _json_string(when)
-            + value_head
-            + repr(quantity["value"])
-            + tail
+        return fragments
+
+    def observations(
+        self,
+        subject: str,
+        code: str,
+        display: str,
+        times: list[str],
+        values: list[str],
+        unit: str,
+        category: str | None,
+    ) -> None:
+        """Many value-quantity Observations of one patient and code, in one write.
+
+        The same bytes as :meth:`observation` per reading; ``values`` are the numbers' JSON text.
+        """
+        quantity = {"value": 0.0, "unit": unit, "system": UCUM, "code": unit}
+        head, value_head, tail = self._observation_fragments(
+            subject, code, display, category, quantity
         )
+        first = self.counts["Observation"] + 1
+        prefix = '{"resourceType":"Observation","id":"observation-'
+        self.handles["Observation"].write(
+            "".join(
+                [
+                    f"{prefix}{first + i}{head}{_json_string(when)}{value_head}{value}{tail}"
+                    for i, (when, value) in enumerate(zip(times, values, strict=True))
+                ]
+            )
+        )
+        self.counts["Observation"] += len(values)
 
     def administration(
         self,
@@ -347,8 +423,7 @@ class _ExportWriter:
         carbs = _vector(history.carbs_g, "carbs_g", length)
         bolus = _vector(history.bolus_u, "bolus_u", length)
         basal = _vector(history.basal_u_per_h, "basal_u_per_h", length)
-        step = timedelta(minutes=history.step_min)
-        times = [_utc_text(history.start + k * step) for k in range(length + 1)]
+        times = _grid_times(history.start, history.step_min, length)
         self.weight(subject, history.weight_kg, times[0])
         mmol = self.options.glucose_unit == "mmol/L"
         code, display = (
@@ -356,7 +431,19 @@ class _ExportWriter:
             if mmol
             else ("99504-3", "Glucose [Mass/volume] in Interstitial fluid")
         )
-        for k in np.flatnonzero(~np.isnan(cgm)).tolist():
+        readings = np.flatnonzero(~np.isnan(cgm))
+        if not mmol:
+            self.observations(
+                subject,
+                code,
+                display,
+                [times[k] for k in readings.tolist()],
+                _numbers_text(cgm[readings]),
+                self.options.glucose_unit,
+                "laboratory",
+            )
+            readings = readings[:0]
+        for k in readings.tolist():
             value = _number(cgm[k])
             if mmol:
                 value = value / GLUCOSE_MG_DL_PER_MMOL_L

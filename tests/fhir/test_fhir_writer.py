@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedtwin.errors import ConfigError
 from fedtwin.fhir import (
@@ -168,3 +170,15 @@ def test_fast_observation_lines_are_the_json_of_the_resource(
         assert json.dumps(resource, separators=(",", ":"), ensure_ascii=False) == line
         assert list(resource)[:3] == ["resourceType", "id", "status"]
         assert list(resource)[-2:] == ["effectiveDateTime", "valueQuantity"]
+
+
+_FLOAT32 = st.floats(min_value=0, max_value=2.0**24, width=32, allow_subnormal=False)
+
+
+@given(st.lists(_FLOAT32, min_size=1, max_size=50))
+def test_bulk_number_text_is_the_shortest_float32_round_trip(values: list[float]) -> None:
+    from fedtwin.fhir.writer import _number, _numbers_text
+
+    texts = _numbers_text(np.array(values, dtype=np.float64))
+    assert [np.float32(float(t)) for t in texts] == [np.float32(v) for v in values]
+    assert texts == [repr(_number(v)) for v in values]
