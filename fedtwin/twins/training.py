@@ -84,6 +84,35 @@ class PatientWindowDataset(Dataset[WindowItem]):
         )
         return windows.history, windows.plan, windows.target_mg_dl
 
+    def __getitems__(self, patients: list[int]) -> list[WindowItem]:
+        """Items of many patients at once (what a loader's batch fetch calls).
+
+        The same windows as ``[self[p] for p in patients]`` from the same generator state
+        (the draws are taken in the same order), cut in one vectorised call.
+        """
+        k = self.windows_per_patient
+        rows = torch.as_tensor(patients, dtype=torch.long)
+        if not len(rows):
+            return []
+        counts = self._counts[rows].to(torch.long)
+        edges = torch.div(torch.arange(k + 1)[None, :] * counts[:, None], k, rounding_mode="floor")
+        uniform = torch.rand(len(rows), k, generator=self.generator, dtype=torch.float64)
+        offsets = edges[:, :-1] + (uniform * (edges[:, 1:] - edges[:, :-1])).long()
+        windows = cut_windows(
+            self.batch.cgm_mg_dl,
+            self.batch.insulin_u,
+            self.batch.carbs_g,
+            rows.repeat_interleave(k),
+            self._anchors[rows[:, None], offsets].flatten(),
+            self.batch.history_steps,
+            self.batch.horizon_steps,
+        )
+        n = len(rows)
+        history = windows.history.reshape(n, k, *windows.history.shape[1:])
+        plan = windows.plan.reshape(n, k, *windows.plan.shape[1:])
+        target = windows.target_mg_dl.reshape(n, k, *windows.target_mg_dl.shape[1:])
+        return list(zip(history.unbind(0), plan.unbind(0), target.unbind(0), strict=True))
+
 
 def usable_rows(batch: PatientBatch, windows_per_patient: int = 1) -> list[int]:
     """Rows of patients with at least ``windows_per_patient`` valid windows."""
