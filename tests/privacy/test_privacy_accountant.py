@@ -112,3 +112,22 @@ def test_rounds_at_one_noise_level_cost_one_term_and_the_same_epsilon() -> None:
     assert epsilon_spent(rounds, 1e-5, AccountantKind.PRV) == epsilon_spent(
         one_term, 1e-5, AccountantKind.PRV
     )
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    target=st.floats(min_value=0.5, max_value=20),
+    sample_rate=st.sampled_from([0.01, 0.05, 0.25, 1 / 3, 1.0]),
+    steps=st.integers(min_value=1, max_value=2000),
+)
+def test_calibrated_noise_is_the_smallest_within_tolerance(
+    target: float, sample_rate: float, steps: int
+) -> None:
+    sigma = calibrate_noise_multiplier(target, 1e-5, sample_rate, steps, AccountantKind.RDP)
+
+    def eps(noise: float) -> float:
+        planned = MechanismSteps(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
+        return epsilon_spent([planned], 1e-5, AccountantKind.RDP)
+
+    assert eps(sigma) <= target
+    assert sigma <= 0.01 or eps(sigma - 0.01) > target
