@@ -17,10 +17,11 @@ import typer
 from rich.console import Console
 
 from fedtwin.cli.twin_evaluate import evaluate
+from fedtwin.cli.twin_oncology import oncology_forecast, oncology_train, oncology_what_if
 
 app = typer.Typer(
     name="twin",
-    help="Use a trained glucose twin: rolling forecasts and what-if treatment comparison.",
+    help="Use a trained twin (glucose; oncology-*): forecasts and what-if treatment comparison.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -88,3 +89,6 @@ def what_if(
 
 
 app.command("evaluate")(evaluate)
+app.command("oncology-forecast")(oncology_forecast)
+app.command("oncology-what-if")(oncology_what_if)
+app.command("oncology-train")(oncology_train)
