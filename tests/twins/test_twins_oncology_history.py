@@ -58,7 +58,9 @@ def test_header_only_is_refused(tmp_path: Path) -> None:
         read_tumour_history(_write(tmp_path))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=st.text(alphabet="0123456789,.-e\nabn ", max_size=80))
 def test_any_text_reads_or_is_an_ingest_error(tmp_path: Path, body: str) -> None:
     path = tmp_path / "fuzz.csv"
