@@ -1,9 +1,10 @@
 """``fedtwin twin``: use a trained glucose twin for one patient at a site.
 
 ``forecast`` writes rolling forecasts with 90 % bands from a device CSV history; ``what-if``
-ranks treatment plans by a clinical objective and plots the trajectories. Only typer, rich and
-the standard library are imported at module level; torch and the twin runtime are imported
-inside the commands so that ``fedtwin --help`` stays fast. Every bad input is a
+ranks treatment plans by a clinical objective and plots the trajectories; the ``oncology-*``
+commands (:mod:`fedtwin.cli.twin_oncology`) do the same for the oncology twin. Only typer,
+rich and the standard library are imported at module level; torch and the twin runtime are
+imported inside the commands so that ``fedtwin --help`` stays fast. Every bad input is a
 ``ConfigError``/``IngestError`` (exit 2, one line) raised before any output file exists.
 """
 
