@@ -240,6 +240,18 @@ def oncology_train(
     ] = None,
 ) -> None:
     """Train an oncology twin on this site's patients (on site, non-private; it stays here)."""
+    if not 1 <= epochs <= 1000:
+        raise ConfigError(f"--epochs: must be 1-1000, got {epochs}")
+    if regime not in ("opt-in", "opt-out"):
+        raise ConfigError(f"--regime: {regime!r} is not opt-in or opt-out")
+    if not (cohort / "Patient.ndjson").is_file():
+        raise ConfigError(f"--cohort: {cohort}: not a site export (no Patient.ndjson)")
+    taken = out.is_file() or (
+        out.is_dir()
+        and any((out / name).exists() for name in ("model.safetensors", "model_card.json"))
+    )
+    if taken:
+        raise ConfigError(f"--out: {out} already holds a model; choose a new path")
     import secrets
 
     from fedtwin.fhir import read_site
@@ -252,11 +264,7 @@ def oncology_train(
     )
     from fedtwin.twins.oncology_training import OncologyTrainingConfig
 
-    if not 1 <= epochs <= 1000:
-        raise ConfigError(f"--epochs: must be 1-1000, got {epochs}")
     training = OncologyTrainingConfig(epochs=epochs, batch_patients=32)
-    if not (cohort / "Patient.ndjson").is_file():
-        raise ConfigError(f"--cohort: {cohort}: not a site export (no Patient.ndjson)")
     at = datetime.now(UTC)
     # pseudonyms are not written anywhere: a throwaway key
     export = read_site(cohort, secret=secrets.token_bytes(32))

@@ -83,6 +83,16 @@ def test_train_writes_a_card_accounting_for_every_patient(workdir: Path) -> None
     assert accounted == 24 and training["patients_used"] >= 2
 
 
+def test_train_refuses_to_overwrite_a_model(workdir: Path) -> None:
+    before = (workdir / "glucose" / "model.safetensors").read_bytes()
+    done = _run(
+        "twin", "oncology-train", "--cohort", next((workdir / "cohort").glob("site-*")),
+        "--out", "glucose", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--out: glucose already holds a model" in done.stderr
+    assert (workdir / "glucose" / "model.safetensors").read_bytes() == before
+
+
 def test_forecast_writes_the_days_after_the_history_with_bands(workdir: Path) -> None:
     done = _run(
         "twin", "oncology-forecast", "--model", "onc", "--history", "history.csv",
