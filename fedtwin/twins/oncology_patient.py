@@ -338,6 +338,7 @@ class OncologyPatientTwin:
         """:meth:`OncologyTwin.forecast` on the window (plans longer than ``H`` fed back)."""
         twin = self.model.twin
         config = twin.config
+        was_training = twin.training
         twin.eval()
         means, variances = [], []
         offset_var = torch.zeros(len(history))
@@ -361,6 +362,7 @@ class OncologyPatientTwin:
                 torch.cat([current.radio[:, :-1], block_radio, block_radio[:, :1] & False], 1),
                 current.patient_type,
             )
+        twin.train(was_training)
         return TumourForecast(torch.cat(means, dim=1), torch.cat(variances, dim=1).sqrt())
 
     def forecast(self, plan: OncologyPlan | None, horizon_days: int) -> PatientTumourForecast:
