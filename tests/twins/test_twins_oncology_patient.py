@@ -158,3 +158,14 @@ def test_plans_file_refuses_unknown_fields_and_repeated_names() -> None:
         OncologyPlansFile.model_validate({"plans": [{"name": "a", "chemo_dayz": [1]}]})
     with pytest.raises(ValueError, match="'a' repeats"):
         OncologyPlansFile.model_validate({"plans": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_patient_type_is_refused_by_a_twin_trained_without_types(
+    model: OncologyModel, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = tmp_path_factory.mktemp("blind") / "twin.safetensors"
+    save_oncology_twin(path, model.twin, patient_type=PatientTypeInput.UNKNOWN)
+    blind = load_oncology_twin(path)
+    with pytest.raises(ConfigError, match="trained without patient types"):
+        OncologyPatientTwin(blind, patient_type=1)
+    assert OncologyPatientTwin(blind).patient_type == 2
