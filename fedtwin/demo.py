@@ -35,8 +35,7 @@ from fedtwin.audit import (
     write_verifier_key,
 )
 from fedtwin.cohorts import AgeGroup
-from fedtwin.cohorts.fhir_export import write_site_export
-from fedtwin.cohorts.site import SiteSpec, simulate_site
+from fedtwin.cohorts.site import SiteSpec
 from fedtwin.consent import (
     ConsortiumPolicy,
     DataWindow,
@@ -46,6 +45,7 @@ from fedtwin.consent import (
     policy_toml,
     synthetic_consents,
 )
+from fedtwin.demo_sites import SiteJob, build_sites
 from fedtwin.errors import FederationError
 from fedtwin.federation import (
     CoordinatorOutcome,
@@ -60,6 +60,7 @@ from fedtwin.federation import (
     write_sites_manifest,
 )
 from fedtwin.federation.outputs import write_json
+from fedtwin.federation.sitedata import ingest_options
 from fedtwin.fhir import load_or_create_site_secret
 from fedtwin.privacy import DpSgdConfig
 
@@ -190,10 +191,6 @@ def _prefix(secret: bytes, size: int) -> bytes:
     return secret[:size]
 
 
-def _consents_of(consents: dict[str, list[dict[str, Any]]], patient: str) -> list[dict[str, Any]]:
-    return consents.get(patient, [])
-
-
 def _write_keys(root: Path, sites: list[SiteId]) -> None:
     consortium = root / "consortium"
     coordinator = AuditSigner.generate("coordinator")
@@ -214,8 +211,9 @@ def generate_sites(
 
     Site ``k`` draws new virtual patients of one age group (non-IID across sites), writes them
     as a Bulk FHIR export with synthetic consents (the study period spans the demo's rounds),
-    and gets its policy, keys and an empty state folder. Seeds: ``config.seed``, combined with
-    the site id.
+    and gets its policy, keys and an empty state folder; each export is then read once through
+    the site's cached ingest. Large cohorts are built by worker processes
+    (:mod:`fedtwin.demo_sites`). Seeds: ``config.seed``, combined with the site id.
     """
     ids = site_ids(config.sites)
     policy = consortium_policy_for(config)
@@ -226,41 +224,10 @@ def generate_sites(
     _write_keys(root, ids)
     calendar = calendar_for(config)
     study_start = calendar.data_end - timedelta(days=config.days)
-    sites = []
+    sites, jobs = [], []
     for index, site_id in enumerate(ids):
         _, group, regime = SITE_KINDS[index % len(SITE_KINDS)]
         folder = root / "sites" / site_id
-        spec = SiteSpec(
-            site_id=site_id,
-            n_patients=config.patients_per_site,
-            age_mix={group: 1.0},
-            days=config.days,
-            start_date=config.data_start,
-            seed=config.seed,
-        )
-        patient_ids = [f"{site_id}-{i:06d}" for i in range(config.patients_per_site)]
-        consents = _consents_by_patient(
-            synthetic_consents(
-                patient_ids,
-                study_start=study_start,
-                study_end=calendar.study_end(config.rounds),
-                seed=config.seed * 1000 + index,
-                actor=CONSORTIUM_ACTOR,
-                fhir_version="mixed",
-            )
-        )
-
-        def report(fraction: float, site_id: str = site_id) -> None:
-            if progress is not None:
-                progress(site_id, fraction)
-
-        write_site_export(
-            folder / "export",
-            simulate_site(spec, batch_patients=500, progress=report),
-            seed=config.seed,
-            consents_for=functools.partial(_consents_of, consents),
-            ground_truth=root / "ground_truth" / site_id,
-        )
         (folder / "site-policy.toml").write_text(
             policy_toml(site_policy_for(site_id, regime, config), header=f"{site_id} policy")
         )
@@ -273,19 +240,47 @@ def generate_sites(
         load_or_create_site_secret(
             folder / "state", token_bytes=functools.partial(_prefix, derived)
         )
-        sites.append(
-            SiteConfig(
-                site_id=site_id,
-                data_dir=(folder / "export").resolve(),
-                state_dir=(folder / "state").resolve(),
-                site_policy=(folder / "site-policy.toml").resolve(),
-                consortium_policy=(folder / "approved-consortium-policy.toml").resolve(),
-                audit_key=(folder / "keys" / f"{site_id}.audit.pem").resolve(),
-                coordinator_audit_key=(folder / "keys" / "coordinator.vkey").resolve(),
-                heldout_fraction=config.heldout_fraction,
-                seed=config.seed * 1000 + index,
+        site = SiteConfig(
+            site_id=site_id,
+            data_dir=(folder / "export").resolve(),
+            state_dir=(folder / "state").resolve(),
+            site_policy=(folder / "site-policy.toml").resolve(),
+            consortium_policy=(folder / "approved-consortium-policy.toml").resolve(),
+            audit_key=(folder / "keys" / f"{site_id}.audit.pem").resolve(),
+            coordinator_audit_key=(folder / "keys" / "coordinator.vkey").resolve(),
+            heldout_fraction=config.heldout_fraction,
+            seed=config.seed * 1000 + index,
+        )
+        sites.append(site)
+        patient_ids = [f"{site_id}-{i:06d}" for i in range(config.patients_per_site)]
+        jobs.append(
+            SiteJob(
+                spec=SiteSpec(
+                    site_id=site_id,
+                    n_patients=config.patients_per_site,
+                    age_mix={group: 1.0},
+                    days=config.days,
+                    start_date=config.data_start,
+                    seed=config.seed,
+                ),
+                export_dir=site.data_dir,
+                state_dir=site.state_dir,
+                ground_truth=root / "ground_truth" / site_id,
+                seed=config.seed,
+                consents=_consents_by_patient(
+                    synthetic_consents(
+                        patient_ids,
+                        study_start=study_start,
+                        study_end=calendar.study_end(config.rounds),
+                        seed=config.seed * 1000 + index,
+                        actor=CONSORTIUM_ACTOR,
+                        fhir_version="mixed",
+                    )
+                ),
+                ingest=ingest_options(site),
             )
         )
+    build_sites(jobs, progress)
     return sites
 
 

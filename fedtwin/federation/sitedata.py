@@ -11,7 +11,7 @@ Invariants:
 * an export is read once per process and re-read when any of its files changes (names, sizes,
   modification times); consents are part of the export, so a new withdrawal is always seen; a
   process keeps the latest state of up to 16 exports (simulation runs several sites per process);
-  across processes, the site's authenticated ingest cache (:mod:`.ingest_cache`, keyed by the
+  across processes, the site's authenticated ingest cache (:mod:`fedtwin.fhir.cache`, keyed by the
   files' SHA-256) spares re-validating unchanged bytes;
 * each Consent is reduced to its :class:`~fedtwin.consent.ConsentRecord` once per export state
   (an invalid one is kept as read, so using it still fails exactly as before);
@@ -35,7 +35,6 @@ from numpy.typing import NDArray
 from fedtwin.consent import ConsentRecord, consent_record
 from fedtwin.errors import IngestError
 from fedtwin.federation.config import SiteConfig
-from fedtwin.federation.ingest_cache import cached_read
 from fedtwin.fhir import (
     IngestOptions,
     IngestPolicy,
@@ -43,7 +42,7 @@ from fedtwin.fhir import (
     ParsedResource,
     PatientSeries,
     load_or_create_site_secret,
-    read_site,
+    read_site_cached,
 )
 from fedtwin.twins import PatientBatch
 
@@ -88,6 +87,12 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple[Path, tuple[tuple[str, int, int], ...], str, str], SiteData] = {}
 
 
+def ingest_options(site: SiteConfig) -> IngestOptions:
+    """How the site reads its export (its ingest policy and FHIR release rule)."""
+    policy = IngestPolicy.strict() if site.ingest_policy == "strict" else IngestPolicy.lenient()
+    return IngestOptions(policy=policy, fhir_version=site.fhir_version)
+
+
 def load_site_data(site: SiteConfig) -> SiteData:
     """Ingest the site's export (once per process and export state) and split it.
 
@@ -102,16 +107,8 @@ def load_site_data(site: SiteConfig) -> SiteData:
         cached = _cache.get(key)
     if cached is not None:
         return cached
+    export = read_site_cached(folder, state_dir=site.state_dir, options=ingest_options(site))
     secret = load_or_create_site_secret(site.state_dir)
-    policy = IngestPolicy.strict() if site.ingest_policy == "strict" else IngestPolicy.lenient()
-    options = IngestOptions(policy=policy, fhir_version=site.fhir_version)
-    export = cached_read(
-        folder,
-        site.state_dir,
-        secret,
-        options.model_dump_json(),
-        lambda: read_site(folder, secret=secret, options=options),
-    )
     heldout = tuple(
         p for p in export.patients if is_heldout(secret, p.patient_id, site.heldout_fraction)
     )

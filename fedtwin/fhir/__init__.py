@@ -5,6 +5,7 @@ Every record read is accounted for (used or rejected with a reason naming file a
 no patient identifier appears in anything meant to leave the site.
 """
 
+from fedtwin.fhir.cache import read_site_cached
 from fedtwin.fhir.consents import consent_patient_id, read_consents
 from fedtwin.fhir.device_csv import DeviceCsv, read_device_csv
 from fedtwin.fhir.ndjson import FhirVersion, ParsedResource, detect_version, iter_resources
@@ -53,5 +54,6 @@ __all__ = [
     "read_consents",
     "read_device_csv",
     "read_site",
+    "read_site_cached",
     "write_site",
 ]

@@ -2,8 +2,8 @@
 
 Reading a site's Bulk FHIR export validates every resource (about 10 s for 1,000 patients-days
 of CGM); a simulation actor, a restarted SuperNode and ``fedtwin twin evaluate`` would each pay
-that again for the same bytes. This module keeps the result of
-:func:`fedtwin.fhir.read_site` in ``<state_dir>/ingest-cache/``.
+that again for the same bytes. :func:`read_site_cached` keeps the result
+of :func:`~fedtwin.fhir.reader.read_site` in ``<state_dir>/ingest-cache/``.
 
 Invariants:
 
@@ -32,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from fedtwin.fhir import ParsedResource, SiteExport
+from fedtwin.fhir.ndjson import ParsedResource
+from fedtwin.fhir.pseudonym import load_or_create_site_secret
+from fedtwin.fhir.reader import IngestOptions, SiteExport, read_site
 
 CACHE_FOLDER = "ingest-cache"
 KEEP_ENTRIES = 2
@@ -50,10 +52,8 @@ def _code_digest() -> bytes:
     import fhir.resources
     import pydantic
 
-    import fedtwin.fhir
-
     digest = hashlib.sha256()
-    package = Path(fedtwin.fhir.__file__).parent
+    package = Path(__file__).parent
     for source in sorted(package.glob("*.py")):
         digest.update(source.name.encode() + b"\x00" + source.read_bytes() + b"\x00")
     digest.update(f"{fhir.resources.__version__}/{pydantic.VERSION}".encode())
@@ -126,6 +126,27 @@ def store_entry(state_dir: Path, key: str, secret: bytes, source: Path, export: 
     entries = sorted(folder.glob("*.bin"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for stale in entries[KEEP_ENTRIES:]:
         stale.unlink(missing_ok=True)
+
+
+def read_site_cached(folder: Path, *, state_dir: Path, options: IngestOptions) -> SiteExport:
+    """``read_site`` of ``folder`` under the site's secret, from the site's cache if unchanged.
+
+    The cache in ``state_dir`` is used when the files, the options and the reader are the ones
+    an entry was made from (module docstring); otherwise the export is read and kept.
+
+    Raises
+    ------
+    IngestError
+        As :func:`~fedtwin.fhir.reader.read_site` (nothing is cached then).
+    """
+    secret = load_or_create_site_secret(state_dir)
+    return cached_read(
+        folder,
+        state_dir,
+        secret,
+        options.model_dump_json(),
+        lambda: read_site(folder, secret=secret, options=options),
+    )
 
 
 def cached_read(

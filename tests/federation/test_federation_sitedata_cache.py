@@ -1,4 +1,4 @@
-"""The site's on-disk ingest cache: used only for the same bytes, authenticated, fail closed."""
+"""Site data via the on-disk ingest cache: only for the same bytes, authenticated, fail closed."""
 
 from __future__ import annotations
 
@@ -12,17 +12,22 @@ import pytest
 from site_trees import SiteTree, relocated
 
 from fedtwin.federation import SiteConfig, sitedata
-from fedtwin.federation.ingest_cache import CACHE_FOLDER
 from fedtwin.federation.sitedata import SiteData, load_site_data
-from fedtwin.fhir import read_site
+from fedtwin.fhir import cache, read_site
+from fedtwin.fhir.cache import CACHE_FOLDER
 
 
 class _CountingReader:
-    """Counts real reads of the export (the real :func:`read_site` does the work)."""
+    """Counts real reads of the export (the real :func:`read_site` does the work).
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    The demo's generator leaves every site's cache warm; each test starts with none.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tree: SiteTree) -> None:
         self.calls = 0
-        monkeypatch.setattr(sitedata, "read_site", self)
+        monkeypatch.setattr(cache, "read_site", self)
+        for site in tree.sites:
+            shutil.rmtree(site.state_dir / CACHE_FOLDER, ignore_errors=True)
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         self.calls += 1
@@ -52,7 +57,7 @@ def test_second_process_reads_the_cache_not_the_export(
     site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = site_tree.sites[0]
-    reader = _CountingReader(monkeypatch)
+    reader = _CountingReader(monkeypatch, site_tree)
     first = _fresh_process_load(site)
     second = _fresh_process_load(site)
     assert reader.calls == 1
@@ -66,7 +71,7 @@ def test_a_changed_export_file_is_read_again(
     site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = site_tree.sites[0]
-    reader = _CountingReader(monkeypatch)
+    reader = _CountingReader(monkeypatch, site_tree)
     before = _fresh_process_load(site)
     consents = next(site.data_dir.glob("Consent.ndjson*"))
     lines = consents.read_bytes().splitlines(keepends=True)
@@ -84,13 +89,13 @@ def test_a_tampered_entry_is_never_used(
     offset: int,
 ) -> None:
     site = site_tree.sites[0]
-    reader = _CountingReader(monkeypatch)
+    reader = _CountingReader(monkeypatch, site_tree)
     expected = _fresh_process_load(site)
     (entry,) = _entries(site)
     blob = bytearray(entry.read_bytes())
     blob[offset] ^= 0x01
     entry.write_bytes(bytes(blob))
-    with caplog.at_level(logging.WARNING, logger="fedtwin.federation.ingest_cache"):
+    with caplog.at_level(logging.WARNING, logger="fedtwin.fhir.cache"):
         again = _fresh_process_load(site)
     assert reader.calls == 2
     assert "failed authentication" in caplog.text
@@ -102,7 +107,7 @@ def test_an_entry_made_under_another_site_secret_is_not_used(
     site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one, other = site_tree.sites[0], site_tree.sites[1]
-    reader = _CountingReader(monkeypatch)
+    reader = _CountingReader(monkeypatch, site_tree)
     _fresh_process_load(one)
     # The other site's export bytes replaced by the first's: same key, other secret.
     shutil.rmtree(other.data_dir)
@@ -115,7 +120,7 @@ def test_an_entry_made_under_another_site_secret_is_not_used(
 def test_a_moved_export_hits_the_cache_and_names_its_new_files(
     site_tree: SiteTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reader = _CountingReader(monkeypatch)
+    reader = _CountingReader(monkeypatch, site_tree)
     site = site_tree.sites[0]
     _fresh_process_load(site)
     moved_root = tmp_path / "moved"
