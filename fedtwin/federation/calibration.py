@@ -28,19 +28,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedtwin.errors import ConfigError
-from fedtwin.twins import GlucoseTwin, PatientBatch, batch_windows
+from fedtwin.twins import GlucoseTwin, PatientBatch
 from fedtwin.twins.calibration import (
     ABS_Z_EDGES,
     DEFAULT_COVERAGE,
     AbsZHistogram,
     CalibrationScales,
-    abs_z_histogram,
+    abs_z_histogram_of,
     combine_histograms,
     fit_calibration,
     gaussian_quantile,
 )
+from fedtwin.twins.glucose import forecast_from_raw
+from fedtwin.twins.metrics import raw_outputs
+from fedtwin.twins.windows import ForecastWindows, batch_windows_with_rows
 
 FOLD_KEYS = ("calibration-absz-a", "calibration-absz-b")
 _FOLD_DOMAIN = b"fedtwin/calibration-fold/v1\x00"
@@ -56,16 +60,25 @@ def site_histograms(
     model: GlucoseTwin, batch: PatientBatch, secret: bytes, stride: int
 ) -> dict[str, list[int]]:
     """The two folds' flat ``|z|`` histograms a site adds to its evaluation reply."""
-    folds: list[list[int]] = [[], []]
-    for row, pseudonym in enumerate(batch.pseudonyms):
-        folds[calibration_fold(secret, pseudonym)].append(row)
-    replies = {}
-    empty = AbsZHistogram(
-        torch.zeros(model.config.horizon_steps, len(ABS_Z_EDGES), dtype=torch.int64)
+    windows, rows = batch_windows_with_rows(batch, stride=stride)
+    return fold_histograms(raw_outputs(model, windows), windows, rows, batch, secret)
+
+
+def fold_histograms(
+    raw: Tensor, windows: ForecastWindows, rows: Tensor, batch: PatientBatch, secret: bytes
+) -> dict[str, list[int]]:
+    """:func:`site_histograms` from the model's raw outputs on ``windows`` (of ``rows``)."""
+    folds = torch.tensor(
+        [calibration_fold(secret, pseudonym) for pseudonym in batch.pseudonyms], dtype=torch.long
     )
-    for key, rows in zip(FOLD_KEYS, folds, strict=True):
-        part = batch.select(rows)
-        histogram = abs_z_histogram(model, batch_windows(part, stride=stride)) if rows else empty
+    window_fold = folds[rows] if len(rows) else torch.zeros(0, dtype=torch.long)
+    forecast = forecast_from_raw(raw, windows.history)
+    replies = {}
+    for fold, key in enumerate(FOLD_KEYS):
+        mask = window_fold == fold
+        histogram = abs_z_histogram_of(
+            forecast.mean_mg_dl[mask], forecast.std_mg_dl[mask], windows.target_mg_dl[mask]
+        )
         replies[key] = histogram.to_list()
     return replies
 

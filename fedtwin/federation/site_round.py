@@ -62,7 +62,7 @@ from fedtwin.consent import (
     load_site_policy,
 )
 from fedtwin.errors import BudgetExhausted, ConfigError, ConsentDenied, VerificationError
-from fedtwin.federation.calibration import site_histograms
+from fedtwin.federation.calibration import fold_histograms
 from fedtwin.federation.config import RunConfig, SiteConfig
 from fedtwin.federation.sitedata import SiteData, load_site_data, patient_batch
 from fedtwin.fhir import load_or_create_site_secret
@@ -74,8 +74,10 @@ from fedtwin.privacy import (
     poisson_sample_rate,
     train_private_round,
 )
-from fedtwin.twins import GlucoseTwin, batch_windows, forecast_metrics
+from fedtwin.twins import GlucoseTwin
+from fedtwin.twins.metrics import metrics_of_raw, raw_outputs
 from fedtwin.twins.training import PatientWindowDataset, usable_rows
+from fedtwin.twins.windows import batch_windows_with_rows
 
 #: The time a round happens at, as the site sees it (consent is evaluated then).
 RoundClock = Callable[[RunConfig, int], datetime]
@@ -558,8 +560,12 @@ def evaluate_round(
             f"site {site.site_id} has {len(batch)} consenting held-out patients, fewer than "
             f"{site.min_heldout_patients}: no metrics reported"
         )
-    metrics = forecast_metrics(model, batch_windows(batch, stride=run.eval_stride_steps))
-    histograms = site_histograms(
-        model, batch, load_or_create_site_secret(site.state_dir), run.eval_stride_steps
-    )
+    # One forward pass serves the metrics and both folds' calibration histograms.
+    windows, rows = batch_windows_with_rows(batch, stride=run.eval_stride_steps)
+    if len(windows) == 0:
+        raise ConfigError(f"site {site.site_id} has no evaluation windows: no metrics reported")
+    raw = raw_outputs(model, windows)
+    metrics = metrics_of_raw(raw, windows)
+    secret = load_or_create_site_secret(site.state_dir)
+    histograms = fold_histograms(raw, windows, rows, batch, secret)
     return {**metrics, "heldout-patients": float(len(batch)), **histograms}

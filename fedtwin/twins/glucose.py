@@ -159,12 +159,16 @@ class GlucoseTwin(nn.Module):
 
     def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
         """Gaussian forecast in mg/dL for raw inputs (``[N, H]``, or ``[N, k, H]``)."""
-        raw = self(history, plan)
-        last_mg_dl = history[..., 0, -1:]
-        return GlucoseForecast(
-            mean_mg_dl=last_mg_dl + DELTA_SCALE_MG_DL * raw[..., 0, :],
-            std_mg_dl=DELTA_SCALE_MG_DL * _std_normalised(raw[..., 1, :]),
-        )
+        return forecast_from_raw(self(history, plan), history)
+
+
+def forecast_from_raw(raw: Tensor, history: Tensor) -> GlucoseForecast:
+    """The Gaussian forecast in mg/dL that the raw output ``raw`` of ``history`` stands for."""
+    last_mg_dl = history[..., 0, -1:]
+    return GlucoseForecast(
+        mean_mg_dl=last_mg_dl + DELTA_SCALE_MG_DL * raw[..., 0, :],
+        std_mg_dl=DELTA_SCALE_MG_DL * _std_normalised(raw[..., 1, :]),
+    )
 
 
 def _std_normalised(raw_scale: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fedtwin.twins.glucose import GlucoseTwin, gaussian_nll
+from fedtwin.twins.glucose import GlucoseTwin, forecast_from_raw, gaussian_nll
 from fedtwin.twins.windows import ForecastWindows
 
 REPORTED_HORIZONS_MIN = (30, 60, 120)
@@ -27,22 +27,34 @@ def forecast_metrics(
     """
     if len(windows) == 0:
         raise ValueError("no evaluation windows")
+    return metrics_of_raw(raw_outputs(model, windows, batch_size), windows)
+
+
+def raw_outputs(model: GlucoseTwin, windows: ForecastWindows, batch_size: int = 4096) -> Tensor:
+    """The model's raw output ``[N, 2, H]`` on every window (eval mode, no gradients)."""
     model.eval()
-    means, stds, nll_sum = [], [], 0.0
     with torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            part = _slice(windows, start, start + batch_size)
-            raw = model(part.history, part.plan)
-            nll_sum += float(gaussian_nll(raw, part)) * len(part)
-            forecast = model.forecast(part.history, part.plan)
-            means.append(forecast.mean_mg_dl)
-            stds.append(forecast.std_mg_dl)
-    mean, std = torch.cat(means), torch.cat(stds)
+        parts = [
+            model(windows.history[start:stop], windows.plan[start:stop])
+            for start in range(0, len(windows), batch_size)
+            for stop in (start + batch_size,)
+        ]
+    if not parts:
+        return torch.zeros(0, 2, model.config.horizon_steps)
+    return torch.cat(parts)
+
+
+def metrics_of_raw(raw: Tensor, windows: ForecastWindows) -> dict[str, float]:
+    """:func:`forecast_metrics` from raw outputs already computed for ``windows``."""
+    if len(windows) == 0:
+        raise ValueError("no evaluation windows")
+    forecast = forecast_from_raw(raw, windows.history)
+    mean, std = forecast.mean_mg_dl, forecast.std_mg_dl
     target = windows.target_mg_dl
     persistence = windows.last_cgm_mg_dl.unsqueeze(1).expand_as(target)
     horizon_steps = int(target.shape[1])
     metrics: dict[str, float] = {
-        "nll": nll_sum / len(windows),
+        "nll": float(gaussian_nll(raw, windows)),
         "coverage90": float(((target - mean).abs() <= Z_90 * std).float().mean()),
         "windows": float(len(windows)),
     }
@@ -65,11 +77,3 @@ def _errors(prediction: Tensor, target: Tensor, suffix: str, prefix: str = "") -
         f"{prefix}rmse{suffix}": float(error.pow(2).mean().sqrt()),
         f"{prefix}mae{suffix}": float(error.abs().mean()),
     }
-
-
-def _slice(windows: ForecastWindows, start: int, stop: int) -> ForecastWindows:
-    return ForecastWindows(
-        history=windows.history[start:stop],
-        plan=windows.plan[start:stop],
-        target_mg_dl=windows.target_mg_dl[start:stop],
-    )

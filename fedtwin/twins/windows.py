@@ -129,9 +129,14 @@ def all_windows(
 
 def batch_windows(batch: PatientBatch, stride: int = 1) -> ForecastWindows:
     """Every valid window of every patient whose anchor is a multiple of ``stride``."""
+    return batch_windows_with_rows(batch, stride)[0]
+
+
+def batch_windows_with_rows(batch: PatientBatch, stride: int = 1) -> tuple[ForecastWindows, Tensor]:
+    """:func:`batch_windows` and each window's patient row ``[N]`` (rows in order)."""
     patients, anchors = torch.nonzero(batch.valid_anchor, as_tuple=True)
     keep = anchors % stride == 0
-    return cut_windows(
+    windows = cut_windows(
         batch.cgm_mg_dl,
         batch.insulin_u,
         batch.carbs_g,
@@ -140,6 +145,7 @@ def batch_windows(batch: PatientBatch, stride: int = 1) -> ForecastWindows:
         batch.history_steps,
         batch.horizon_steps,
     )
+    return windows, patients[keep]
 
 
 def windows_per_patient(batch: PatientBatch, stride: int = 1) -> list[ForecastWindows]:

@@ -14,7 +14,12 @@ from fedtwin.federation.calibration import (
     site_histograms,
 )
 from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, PatientBatch, batch_windows
-from fedtwin.twins.calibration import AbsZHistogram, CalibrationScales, abs_z_histogram_of
+from fedtwin.twins.calibration import (
+    AbsZHistogram,
+    CalibrationScales,
+    abs_z_histogram,
+    abs_z_histogram_of,
+)
 
 HORIZON = 6
 
@@ -98,3 +103,10 @@ def test_folds_are_keyed_stable_and_split_a_site_s_windows_between_them() -> Non
     replies = site_histograms(model, batch, secret, stride=2)
     counted = sum(AbsZHistogram.from_list(replies[k], HORIZON).windows for k in FOLD_KEYS)
     assert counted == len(batch_windows(batch, stride=2))
+    # Each fold's histogram is exactly that of the fold's own patients scored on their own.
+    for fold, key in enumerate(FOLD_KEYS):
+        rows = [r for r, p in enumerate(batch.pseudonyms) if calibration_fold(secret, p) == fold]
+        alone = abs_z_histogram(model, batch_windows(batch.select(rows), stride=2))
+        assert AbsZHistogram.from_list(replies[key], HORIZON).counts.tolist() == (
+            alone.counts.tolist()
+        )
