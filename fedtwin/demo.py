@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -324,6 +325,16 @@ def collect_site_logs(sites: tuple[SiteConfig, ...] | list[SiteConfig], run_dir:
         shutil.copytree(source.checkpoints_dir(site.site_id), target)
 
 
+def simulation_actors(sites: int, cpus: int | None = None) -> int:
+    """ClientApp actors for the simulation: one per site, at most one more than the CPUs.
+
+    Flower starts one actor per CPU Ray is given (each imports torch and Opacus, ~0.5 GiB),
+    so Ray is told this many CPUs. One actor beyond the CPUs keeps both cores busy when three
+    sites share two (demo on 2 cores: 15 s → 13 s per round).
+    """
+    return max(1, min(sites, (cpus or os.cpu_count() or 1) + 1))
+
+
 def new_run_id(seed: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:
     """``demo-<UTC time>-s<seed>``: sortable and unique per second and seed."""
     return f"demo-{clock().strftime('%Y%m%dT%H%M%SZ')}-s{seed}"
@@ -371,7 +382,11 @@ def run_demo(
             num_supernodes=len(sites),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"include_dashboard": False, "log_to_driver": False},
+                "init_args": {
+                    "include_dashboard": False,
+                    "log_to_driver": False,
+                    "num_cpus": simulation_actors(len(sites)),
+                },
             },
         )
         if outcome.version_hash is None:
