@@ -394,7 +394,7 @@ def run_demo(
         collect_site_logs(sites, partial_dir)
         # The twin scored on every site's consenting held-out patients vs persistence and AR
         # (what `fedtwin twin evaluate` prints), kept beside the model and in the report.
-        from fedtwin.cli.twin_evaluate import evaluate_run
+        from fedtwin.run_evaluation import evaluate_run
         from fedtwin.twins.evaluation import evaluation_html
 
         evaluation = evaluate_run(partial_dir)
