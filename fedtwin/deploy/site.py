@@ -136,7 +136,10 @@ class SiteNode:
             )
 
     def _env(self) -> dict[str, str]:
-        return flower_environment(self.state_dir / "flwr-home", self.node.task_poll_interval_s)
+        env = flower_environment(self.state_dir / "flwr-home", self.node.task_poll_interval_s)
+        threads = str(self.node.training_threads)
+        env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+        return env
 
     def start(self) -> int:
         """Start the SuperNode and wait until the coordinator admits it; return its node id."""

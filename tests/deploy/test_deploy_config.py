@@ -88,3 +88,25 @@ def test_the_shipped_role_templates_validate() -> None:
     node = load_node_section(root / "client" / "site.toml")
     assert coordinator.coordinator.host == node.superlink.split(":")[0]
     assert node.clientapp_executor == "warm"
+
+
+@pytest.mark.parametrize(("setting", "threads"), [("", "1"), ("training_threads = 4\n", "4")])
+def test_node_processes_get_the_configured_training_threads(
+    tmp_path: Path, setting: str, threads: str
+) -> None:
+    from fedtwin.deploy.site import SiteNode
+
+    path = tmp_path / "site.toml"
+    with_state = NODE.replace('site_id = "site-a"', 'site_id = "site-a"\nstate_dir = "s"')
+    path.write_text(with_state + setting)
+    env = SiteNode(path)._env()
+    assert env["OMP_NUM_THREADS"] == threads
+    assert env["MKL_NUM_THREADS"] == threads
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+
+
+def test_training_threads_must_be_positive(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(NODE + "training_threads = 0\n")
+    with pytest.raises(ConfigError, match=r"node\.training_threads"):
+        load_node_section(path)
