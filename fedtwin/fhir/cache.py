@@ -123,9 +123,16 @@ def store_entry(state_dir: Path, key: str, secret: bytes, source: Path, export: 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    entries = sorted(folder.glob("*.bin"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    entries = sorted(folder.glob("*.bin"), key=_modified_ns, reverse=True)
     for stale in entries[KEEP_ENTRIES:]:
         stale.unlink(missing_ok=True)
+
+
+def _modified_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # removed meanwhile by another process of the same site
+        return -1
 
 
 def read_site_cached(folder: Path, *, state_dir: Path, options: IngestOptions) -> SiteExport:
