@@ -52,7 +52,7 @@ from fedtwin.twins.oncology import (
     plan_windows,
 )
 from fedtwin.twins.oncology_files import UNKNOWN_PATIENT_TYPE, OncologyModel, PatientTypeInput
-from fedtwin.twins.oncology_whatif import RankedRegimen, RegimenObjective
+from fedtwin.twins.oncology_whatif import RankedRegimen, RegimenObjective, rank_by_objective
 
 #: Channels of :func:`~fedtwin.twins.oncology.encoder_inputs` holding the running responses.
 _RESPONSE_CHANNELS = slice(4, 4 + 2 * TREATMENT_KINDS)
@@ -405,28 +405,14 @@ class OncologyPatientTwin:
         weights = objective or RegimenObjective()
         result = self.forecast_plans(plans, horizon_days)
         final = TumourForecast(result.mean_log[:, -1:], result.std_log[:, -1:])
-        expected = final.volume_cm3[:, 0].double()
-        low = final.quantile_cm3((1.0 - self.coverage) / 2.0)[:, 0].double()
-        high = final.quantile_cm3((1.0 + self.coverage) / 2.0)[:, 0].double()
         doses = torch.tensor([len(plan.chemo_days) for plan in plans], dtype=torch.float64)
         gray = torch.tensor([plan.radio_dose_gy() for plan in plans], dtype=torch.float64)
-        origin = self._volume[-1].double()
-        values = weights.value(expected, origin, doses, gray)
-        lows = weights.value(low, origin, doses, gray)
-        highs = weights.value(high, origin, doses, gray)
-        order = torch.argsort(values, stable=True).tolist()
-        return tuple(
-            RankedRegimen(
-                rank=rank,
-                name=plans[i].name,
-                objective=float(values[i]),
-                objective_low=float(lows[i]),
-                objective_high=float(highs[i]),
-                final_volume_cm3=float(expected[i]),
-                final_volume_low_cm3=float(low[i]),
-                final_volume_high_cm3=float(high[i]),
-                chemo_doses=int(doses[i]),
-                radio_gy=float(gray[i]),
-            )
-            for rank, i in enumerate(order, start=1)
+        return rank_by_objective(
+            [plan.name for plan in plans],
+            final,
+            self._volume[-1],
+            doses,
+            gray,
+            weights,
+            self.coverage,
         )

@@ -234,11 +234,29 @@ def compare_regimens(
         raise ConfigError("level must be in (0, 1)")
     forecast = forecast_regimens(twin, history, chosen)
     final = TumourForecast(forecast.mean_log[0, :, -1:], forecast.std_log[0, :, -1:])
+    chemo, radio = regimen_doses(chosen)
+    origin = history.volume_cm3[0, -1]
+    return rank_by_objective([r.name for r in chosen], final, origin, chemo, radio, weights, level)
+
+
+def rank_by_objective(
+    names: Sequence[str],
+    final: TumourForecast,
+    origin_cm3: Tensor,
+    chemo_doses: Tensor,
+    radio_gy: Tensor,
+    weights: RegimenObjective,
+    level: float,
+) -> tuple[RankedRegimen, ...]:
+    """Rank plans by ``weights`` on their final-day forecast ``final`` (``[P, 1]``).
+
+    The objective's interval is the objective at the volume's central ``level`` interval.
+    """
     expected = final.volume_cm3[:, 0].to(torch.float64)
     low = final.quantile_cm3((1.0 - level) / 2.0)[:, 0].to(torch.float64)
     high = final.quantile_cm3((1.0 + level) / 2.0)[:, 0].to(torch.float64)
-    chemo, radio = regimen_doses(chosen)
-    origin = history.volume_cm3[0, -1].to(torch.float64)
+    chemo, radio = chemo_doses.to(torch.float64), radio_gy.to(torch.float64)
+    origin = origin_cm3.to(torch.float64)
     values = weights.value(expected, origin, chemo, radio)
     lows = weights.value(low, origin, chemo, radio)
     highs = weights.value(high, origin, chemo, radio)
@@ -246,7 +264,7 @@ def compare_regimens(
     return tuple(
         RankedRegimen(
             rank=rank,
-            name=chosen[i].name,
+            name=names[i],
             objective=float(values[i]),
             objective_low=float(lows[i]),
             objective_high=float(highs[i]),
