@@ -27,7 +27,6 @@ Files are written under a temporary name and renamed, so a reader never sees hal
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -39,8 +38,9 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from fedtwin.errors import ConfigError, VerificationError
+from fedtwin.errors import ConfigError
 from fedtwin.twins.oncology import OncologyTwin, OncologyTwinConfig
+from fedtwin.twins.runfile import file_sha256, verify_card_hash
 
 ONCOLOGY_MODEL_KIND = "oncology-twin"
 FORMAT_VERSION = "1"
@@ -88,14 +88,6 @@ class OncologyModel:
     def config(self) -> OncologyTwinConfig:
         """The twin's architecture."""
         return self.twin.config
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:
@@ -182,12 +174,7 @@ def load_oncology_twin(path: Path) -> OncologyModel:
             f"got {metadata.get('patient_type')!r}"
         ) from error
     # (4): the file belongs to its card.
-    version_hash = _sha256(model_path)
-    expected = card.get("version_hash")
-    if expected is not None and expected != version_hash:
-        raise VerificationError(
-            f"{model_path}: SHA-256 {version_hash} does not match the card's version_hash"
-        )
+    version_hash = verify_card_hash(model_path, card)
     # (5): the tensors fill the architecture exactly.
     twin = OncologyTwin(config)
     try:
@@ -256,7 +243,7 @@ def save_oncology_twin(
     partial = model_path.with_name(model_path.name + ".partial")
     tensors = {k: v.detach().contiguous().cpu() for k, v in twin.state_dict().items()}
     save_file(tensors, str(partial), metadata=metadata)
-    version_hash = _sha256(partial)
+    version_hash = file_sha256(partial)
     partial.replace(model_path)
     if as_directory:
         card = {

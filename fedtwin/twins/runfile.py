@@ -74,12 +74,24 @@ def _first_error(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """``sha256:<hex>`` of a model file (the model card's ``version_hash`` form)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return f"sha256:{digest.hexdigest()}"
+
+
+def verify_card_hash(model_path: Path, card: Mapping[str, Any]) -> str:
+    """The model file's hash; VerificationError if the card names another one."""
+    version_hash = file_sha256(model_path)
+    expected = card.get("version_hash")
+    if expected is not None and expected != version_hash:
+        raise VerificationError(
+            f"{model_path}: SHA-256 {version_hash} does not match the card's version_hash"
+        )
+    return version_hash
 
 
 def load_twin_run(run_dir: Path) -> TwinRun:
@@ -118,12 +130,7 @@ def load_twin_run(run_dir: Path) -> TwinRun:
     # (4): the model file belongs to this card.
     if not model_path.is_file():
         raise ConfigError(f"{model_path}: missing")
-    version_hash = _sha256(model_path)
-    expected = card.get("version_hash")
-    if expected is not None and expected != version_hash:
-        raise VerificationError(
-            f"{model_path}: SHA-256 {version_hash} does not match the card's version_hash"
-        )
+    version_hash = verify_card_hash(model_path, card)
     # (5): the tensors fill the architecture exactly.
     model = GlucoseTwin(config)
     try:
@@ -163,7 +170,7 @@ def write_twin_run(
     partial = run_dir / (MODEL_FILE + ".partial")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(partial), metadata={"twin": model.config.model_dump_json()})
-    version_hash = _sha256(partial)
+    version_hash = file_sha256(partial)
     partial.replace(run_dir / MODEL_FILE)
     card: dict[str, Any] = {
         "model_kind": MODEL_KIND,
