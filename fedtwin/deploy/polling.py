@@ -1,4 +1,4 @@
-"""Prompt replies for the ServerApp: a Grid wrapper that polls for replies more often.
+"""Prompt replies for the ServerApp: a Grid wrapper that polls more often and sends fewer objects.
 
 In a deployment the ServerApp talks to the SuperLink through Flower's ``HttpGrid``, whose
 ``send_and_receive`` sleeps a fixed 3 s between two pulls for replies (Flower 1.42,
@@ -8,8 +8,17 @@ call to it, and implements ``send_and_receive`` the same way (push, then pull un
 is in or the timeout passes) with a shorter sleep. The ServerApp and the SuperLink run on the
 same host, so a pull every 0.2 s costs nothing that matters.
 
-Invariant: the wrapper changes *when* replies are pulled, never *which*: it pushes the same
-messages and returns exactly the replies the wrapped Grid's ``pull_messages`` returns.
+It also packs each outgoing message's ArrayRecords into one Array
+(:mod:`fedtwin.federation.packing`) and unpacks the replies: Flower sends every Array as its
+own objects, each a request with several SQL transactions in a SuperLink with a persistent
+database, which made the SuperLink the bottleneck of a deployed round. Sites unpack with
+:func:`~fedtwin.federation.packing.packed_arrays_mod` and answer packed.
+
+Invariants: the wrapper changes *when* replies are pulled, never *which*: it pushes the same
+messages (their arrays packed, byte for byte recoverable) and returns exactly the replies the
+wrapped Grid's ``pull_messages`` returns, unpacked. A reply whose packed arrays do not parse is
+returned as it came (still packed): the coordinator's update validation rejects it (its arrays
+do not match the global model) and audits the rejection.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from typing import TYPE_CHECKING
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
+
+from fedtwin.federation.packing import PackingError, has_packed, pack_content, unpack_content
 
 if TYPE_CHECKING:
     from flwr.proto.node_pb2 import NodeInfo
@@ -74,22 +85,33 @@ class PromptGrid(Grid):
         return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegate."""
-        return self._grid.push_messages(messages)
+        """Delegate, each message's ArrayRecords packed."""
+        outgoing = list(messages)
+        for message in outgoing:
+            if message.has_content() and message.content.array_records:
+                message.content = pack_content(message.content)
+        return self._grid.push_messages(outgoing)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegate."""
-        return self._grid.pull_messages(message_ids)
+        """Delegate; packed replies come back unpacked (one that does not parse, as it came)."""
+        replies = list(self._grid.pull_messages(message_ids))
+        for reply in replies:
+            if reply.has_content() and has_packed(reply.content):
+                try:
+                    reply.content = unpack_content(reply.content)
+                except PackingError:
+                    pass  # left packed: update validation rejects and audits it
+        return replies
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push ``messages``, then pull until every reply arrived or ``timeout`` passed."""
-        pending = set(self._grid.push_messages(messages))
+        pending = set(self.push_messages(messages))
         end = time.monotonic() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
         while timeout is None or time.monotonic() < end:
-            arrived = list(self._grid.pull_messages(pending))
+            arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
             if not pending:

@@ -76,9 +76,10 @@ def make_client_app(resolve_site: SiteResolver, clock: RoundClock = wall_clock) 
         The time each round happens at for the site (consent is evaluated then); the wall
         clock in deployments, a simulated study calendar in the demo.
     """
+    from fedtwin.federation.packing import packed_arrays_mod
     from fedtwin.federation.secagg import is_secure_fit, legacy_train, secure_aggregation_mod
 
-    app = ClientApp()
+    app = ClientApp(mods=[packed_arrays_mod])
 
     @app.train(mods=[secure_aggregation_mod])
     def train(msg: Message, context: Context) -> Message:

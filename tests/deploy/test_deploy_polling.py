@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import pytest
-from flwr.app import Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.deploy.polling import PromptGrid
+from fedtwin.federation.packing import PACKED_KEY, is_packed, packed_arrays_mod
 
 
 class ScriptedGrid(Grid):
     """Replies to message ``i`` on pull number ``ready_after[i]`` (or never, if ``None``)."""
 
-    def __init__(self, ready_after: list[int | None]) -> None:
+    def __init__(
+        self,
+        ready_after: list[int | None],
+        site: Callable[[Message], Message] | None = None,
+    ) -> None:
         self.ready_after = ready_after
+        self.site = site or (lambda message: Message(RecordDict(), reply_to=message))
         self.pulls = 0
         self.pushed: list[Message] = []
 
@@ -61,7 +68,7 @@ class ScriptedGrid(Grid):
         self.pulls += 1
         wanted = set(message_ids)
         return [
-            Message(RecordDict(), reply_to=message)
+            self.site(message)
             for message, ready in zip(self.pushed, self.ready_after, strict=True)
             if ready == self.pulls and message.metadata.message_id in wanted
         ]
@@ -109,3 +116,51 @@ def test_replies_are_pulled_at_the_prompt_interval_not_every_3_s() -> None:
 def test_an_unreasonable_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         PromptGrid(ScriptedGrid([]), interval_s=0)
+
+
+def _site(message: Message) -> Message:
+    """A site behind the SuperLink: Flower's wire copy of the message, the ClientApp's mod."""
+    received = message
+    assert is_packed(received.content.array_records["arrays"])  # what went on the wire
+
+    def handler(msg: Message, context: Context) -> Message:
+        arrays = msg.content.array_records["arrays"]
+        doubled = ArrayRecord({k: Array(v.numpy() * 2) for k, v in arrays.items()})
+        return Message(RecordDict({"arrays": doubled}), reply_to=msg)
+
+    context = Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    reply = packed_arrays_mod(received, context, handler)
+    assert is_packed(reply.content.array_records["arrays"])
+    return reply
+
+
+def test_arrays_travel_packed_and_come_back_unpacked_and_equal() -> None:
+    weights = {"conv.weight": np.arange(12, dtype=np.float32).reshape(2, 2, 3), "b": np.ones(2)}
+    message = Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                "config": ConfigRecord({"server-round": 1}),
+            }
+        ),
+        dst_node_id=1,
+        message_type="train",
+    )
+    grid = ScriptedGrid([1], site=_site)
+    (reply,) = PromptGrid(grid, interval_s=0.01).send_and_receive([message], timeout=30)
+    arrays = reply.content.array_records["arrays"]
+    assert list(arrays.keys()) == list(weights)
+    for name, values in weights.items():
+        np.testing.assert_array_equal(arrays[name].numpy(), values * 2)
+    assert grid.pushed[0].content.config_records["config"]["server-round"] == 1
+
+
+def test_a_packed_reply_that_does_not_parse_comes_back_as_it_came() -> None:
+    def broken_site(message: Message) -> Message:
+        garbage = ArrayRecord({PACKED_KEY: Array(np.frombuffer(b"\xff" * 9, dtype=np.uint8))})
+        return Message(RecordDict({"arrays": garbage}), reply_to=message)
+
+    grid = ScriptedGrid([1], site=broken_site)
+    (reply,) = PromptGrid(grid, interval_s=0.01).send_and_receive(_messages(1), timeout=30)
+    # Still packed: the update validation sees arrays that match nothing and rejects them.
+    assert is_packed(reply.content.array_records["arrays"])
