@@ -256,6 +256,10 @@ def test_a_killed_site_and_a_killed_coordinator_lose_no_round_and_spend_no_epsil
     assert [(e.status, e.rounds_completed) for e in finished] == [("completed", ROUNDS)]
     aggregated = [e.round for e in events if e.type == "aggregated"]
     assert sorted(set(aggregated)) == list(range(1, ROUNDS + 1))
-    assert aggregated.count(2) == 1  # the interrupted round was aggregated once, after resuming
+    # Every other round was aggregated once. The interrupted round was aggregated after resuming,
+    # and also before the kill when the coordinator got that far without checkpointing it (the
+    # kill races the aggregation): its audit log says both, truthfully.
+    assert all(aggregated.count(r) == 1 for r in range(1, ROUNDS + 1) if r != 2)
+    assert 1 <= aggregated.count(2) <= 2
     replayed = [s for s in (first, second) if _released(s, "r2", 2)]
     assert replayed  # at least one site answered the resumed round from its stored release
