@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-PRELOAD = ("fedtwin.federation",)
-"""Imported once before any fork: pulls in torch, Opacus, Flower and fedtwin's site code."""
+PRELOAD = ("fedtwin.federation", "torch._dynamo")
+"""Imported once before any fork: torch, Opacus, Flower and fedtwin's site code, and
+``torch._dynamo``, which torch's optimizers import on first construction (1–3 s per task)."""
 
 
 def _reap_children() -> None:
