@@ -23,6 +23,7 @@ do not match the global model) and audits the rejection.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -97,10 +98,9 @@ class PromptGrid(Grid):
         replies = list(self._grid.pull_messages(message_ids))
         for reply in replies:
             if reply.has_content() and has_packed(reply.content):
-                try:
+                # One that does not parse stays packed: update validation rejects and audits it.
+                with contextlib.suppress(PackingError):
                     reply.content = unpack_content(reply.content)
-                except PackingError:
-                    pass  # left packed: update validation rejects and audits it
         return replies
 
     def send_and_receive(

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedtwin.errors import ConfigError
 from fedtwin.twins.oncology import OncologyTwin, OncologyTwinConfig
-from fedtwin.twins.runfile import file_sha256, verify_card_hash
+from fedtwin.twins.runfile import file_sha256, model_file_metadata, verify_card_hash
 
 ONCOLOGY_MODEL_KIND = "oncology-twin"
 FORMAT_VERSION = "1"
@@ -106,15 +106,6 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
-def _metadata(model_path: Path) -> dict[str, str]:
-    try:
-        with safe_open(str(model_path), framework="pt") as handle:  # type: ignore[no-untyped-call]
-            metadata = handle.metadata()
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ConfigError(f"{model_path}: not a safetensors model file") from error
-    return dict(metadata or {})
-
-
 def load_oncology_twin(path: Path) -> OncologyModel:
     """Load and check an oncology twin from a model file or run directory (steps 1-5 above).
 
@@ -145,7 +136,7 @@ def load_oncology_twin(path: Path) -> OncologyModel:
     if not model_path.is_file():
         raise ConfigError(f"{model_path}: no such model file")
     # (2): the kind of twin and the format.
-    metadata = _metadata(model_path)
+    metadata = model_file_metadata(model_path)
     kind = metadata.get("twin_kind")
     if kind is None and "twin" in metadata:
         kind = _GLUCOSE_KIND

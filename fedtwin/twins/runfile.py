@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fedtwin.errors import ConfigError, VerificationError
@@ -94,6 +94,16 @@ def verify_card_hash(model_path: Path, card: Mapping[str, Any]) -> str:
     return version_hash
 
 
+def model_file_metadata(model_path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (``twin_kind`` names an oncology twin's kind)."""
+    try:
+        with safe_open(str(model_path), framework="pt") as handle:  # type: ignore[no-untyped-call]
+            metadata = handle.metadata()
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConfigError(f"{model_path}: not a safetensors model file") from error
+    return dict(metadata or {})
+
+
 def load_twin_run(run_dir: Path) -> TwinRun:
     """Load and check the twin of ``run_dir`` (steps 1-6 of the module docstring).
 
@@ -106,6 +116,12 @@ def load_twin_run(run_dir: Path) -> TwinRun:
     """
     card_path, model_path = run_dir / MODEL_CARD_FILE, run_dir / MODEL_FILE
     # (1): the card exists and is a JSON object.
+    if run_dir.is_file():
+        held = model_file_metadata(run_dir).get("twin_kind", "model of no known twin kind")
+        raise ConfigError(
+            f"{run_dir}: a model file holding a {held!r}, not a run directory; this command "
+            f"needs the run directory of a {MODEL_KIND!r} model"
+        )
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     try:

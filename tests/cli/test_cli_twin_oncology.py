@@ -163,3 +163,15 @@ def test_glucose_forecast_refuses_an_oncology_model(workdir: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2 and "model_kind is 'oncology-twin'" in done.stderr
     assert not (workdir / "g.csv").exists()
+
+
+def test_glucose_forecast_names_the_kind_of_a_bare_oncology_model_file(workdir: Path) -> None:
+    done = _run(
+        "twin", "forecast", "--model", "onc/model.safetensors", "--history", "history.csv",
+        "--out", "g2.csv", cwd=workdir,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1
+    assert "a model file holding a 'oncology-twin', not a run directory" in lines[0]
+    assert "needs the run directory of a 'glucose-twin' model" in lines[0]
+    assert not (workdir / "g2.csv").exists()
