@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import torch
@@ -11,6 +11,8 @@ import torch
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.cohorts import CohortSeries, names_in_group, simulate_cohort
 from fedtwin.cohorts.population import AgeGroup
@@ -55,3 +57,16 @@ def cohort_batch() -> CohortBatch:
 def generator() -> torch.Generator:
     """A seeded generator (seed 0)."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def flower_task_identity() -> Iterator[None]:
+    """The task identity Flower sets in a ServerApp/ClientApp process (messages need it).
+
+    Tests that build Flower Messages outside a running app use it:
+    ``pytestmark = pytest.mark.usefixtures("flower_task_identity")``.
+    """
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

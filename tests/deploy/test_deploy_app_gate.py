@@ -7,14 +7,12 @@ gate wraps stand-ins for Flower's installer and loader that record whether they 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.cli.build import build_fab_from_disk
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.audit import EVENT_ADAPTER, AuditSigner
 from fedtwin.consent import load_site_policy
@@ -32,13 +30,7 @@ from fedtwin.federation.client import REFUSED_APP
 REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "site-opt-out.toml"
 
 
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    # Messages outside a running ClientApp need the process' task identity, as a run sets it.
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
@@ -11,7 +11,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.deploy.polling import PromptGrid
 from fedtwin.federation.packing import PACKED_KEY, is_packed, packed_arrays_mod
@@ -74,13 +73,7 @@ class ScriptedGrid(Grid):
         ]
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity() -> Iterator[None]:
-    """What Flower sets in a ServerApp process before messages can be created."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _messages(count: int) -> list[Message]:

@@ -8,7 +8,6 @@ exclude exactly those, aggregate the rest, and write every rejection to a real a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.audit import EVENT_ADAPTER, AuditLog, AuditSigner
 from fedtwin.federation import ValidatedStrategy
@@ -33,13 +31,7 @@ SITES = ("site-a", "site-b", "site-c", "site-d", "site-e", "site-f")
 SHAPES = {"w": (4, 3), "b": (3,)}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    # Messages outside a running ServerApp need the process' task identity, as a run sets it.
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class _Grid:

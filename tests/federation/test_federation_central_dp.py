@@ -1,7 +1,5 @@
 """The coordinator's optional central DP: clipping per site, noise on the average."""
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from flwr.app import (
@@ -15,7 +13,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedtwin.federation import RoundCollector, RunConfig
 from fedtwin.federation.config import CentralDpConfig
@@ -25,12 +22,7 @@ from fedtwin.federation.server import build_strategy
 GLOBAL = {"w": np.zeros((4, 5), dtype=np.float32)}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class _ThreeSites:
