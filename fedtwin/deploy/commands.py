@@ -84,14 +84,19 @@ def node_config_argument(site_config: Path) -> str:
 
 
 def supernode_command(node: NodeSection, site_config: Path) -> list[str]:
-    """``flower-supernode`` over HTTPS with its authentication key.
+    """``flower-supernode`` over HTTPS with its authentication key (through the launcher).
 
     With the warm executor, ``--isolation process``: the SuperNode starts no ClientApp process
     itself and fedtwin's long-lived executor takes its tasks (:mod:`.warm_executor`).
     """
     isolation = "process" if node.clientapp_executor == "warm" else "subprocess"
     return [
-        str(flower_bin() / "flower-supernode"),
+        sys.executable,
+        "-m",
+        "fedtwin.deploy.supernode_launcher",  # Flower's SuperNode, prompt polls (flower_tuning)
+        "--fleet-poll-interval",
+        f"{node.fleet_poll_interval_s:g}",
+        "--",
         "--superlink",
         node.superlink,
         "--root-certificates",
