@@ -7,8 +7,9 @@ own ServerApp and ClientApp, ``flwr run`` in both cases. Measured:
 * ``deployed_s_per_round``: a real SuperLink on 127.0.0.1 with TLS and SuperNode
   authentication, one SuperNode process per site, fedtwin's warm ClientApp executor and a
   0.1 s SuperExec task poll (what ``fedtwin site start`` uses by default);
-* ``deployed_flower_default_s_per_round``: the same deployment with Flower 1.42's defaults
-  (a fresh ``flwr-clientapp`` process per message, 1 s SuperExec poll);
+* ``deployed_flower_default_s_per_round``: the same deployment with Flower 1.42's own
+  ClientApp executor (a fresh ``flwr-clientapp`` process per message, 1 s SuperExec poll); the
+  app's packed arrays and the sites' prompt SuperNode polls apply to both deployed variants;
 * ``simulated_s_per_round`` (the baseline): ``flwr run`` on a local simulation SuperLink
   (Ray), same sites;
 * ``simulated_s_per_round_by_sites``: simulation rounds with 3, 10 and 30 sites, to show how the

@@ -61,13 +61,6 @@ class CoordinatorSection(BaseModel):
         "default: <pki_dir>/coordinator",
     )
     task_poll_interval_s: float = Field(0.1, ge=0.01, le=60)
-    fleet_poll_interval_s: float = Field(
-        0.5,
-        ge=0.05,
-        le=3.0,
-        description="how often an idle SuperNode asks the coordinator for work (Flower: 3 s, "
-        "i.e. 1.5 s of waiting per message on average)",
-    )
     start_timeout_s: float = Field(60.0, gt=0, le=600)
 
     _address = field_validator("address")(_check_address)

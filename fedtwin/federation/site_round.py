@@ -74,6 +74,7 @@ from fedtwin.privacy import (
     poisson_sample_rate,
     train_private_round,
 )
+from fedtwin.privacy.sigma_store import stored_noise_multiplier
 from fedtwin.twins import GlucoseTwin
 from fedtwin.twins.metrics import metrics_of_raw, raw_outputs
 from fedtwin.twins.training import PatientWindowDataset, usable_rows
@@ -150,7 +151,8 @@ def _log_error(
     )
 
 
-# σ is a pure function of these inputs and costs seconds (PRV bisection): once per run.
+# σ is a pure function of these inputs and costs seconds (PRV search): once per run, in
+# memory for a long-lived process, on the site's disk (verified before use) across processes.
 _calibrated = functools.lru_cache(maxsize=64)(calibrate_noise_multiplier)
 
 
@@ -180,7 +182,9 @@ def plan_noise(
     for target, prior in ((run.epsilon, ()), (study_cap, prior_study), (site_cap, prior_site)):
         try:
             sigmas.append(
-                _calibrated(
+                stored_noise_multiplier(
+                    site.state_dir,
+                    _calibrated,
                     target_epsilon=target,
                     delta=run.delta,
                     sample_rate=sample_rate,

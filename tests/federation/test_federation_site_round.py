@@ -125,6 +125,9 @@ def test_a_retried_round_returns_the_same_release_and_spends_once(
     assert len(trained) == 1
     history = PrivacyLedger(site.ledger_path, 8.0, run.delta).history()
     assert [(e.run_id, e.round) for e in history] == [("run-retry", 1)]
+    # The run's σ is on the site's disk for the next task's process (verified before reuse).
+    stored = [json.loads(p.read_text()) for p in (site.state_dir / "sigma").glob("*.json")]
+    assert stored and all(entry["noise_multiplier"] > 0 for entry in stored)
 
 
 def test_a_retry_on_another_global_model_is_refused_as_a_second_spend(
