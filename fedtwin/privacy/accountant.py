@@ -114,7 +114,8 @@ def calibrate_noise_multiplier(
     return _smallest_within(total, target_epsilon, tolerance)
 
 
-_MAX_NOISE = 1024.0
+MAX_NOISE_MULTIPLIER = 1024.0
+"""The largest σ the calibration searches (beyond it no σ keeps the target: refused)."""
 
 
 def _smallest_within(total: Callable[[float], float], target: float, tolerance: float) -> float:
@@ -141,7 +142,7 @@ def _smallest_within(total: Callable[[float], float], target: float, tolerance: 
         low, gap_low = high, gap_high
         guess = _secant(previous, gap_previous, low, gap_low)
         high = min(max(1.5 * low, guess * 1.05 if guess is not None else 2.0 * low), 8.0 * low)
-        if high > _MAX_NOISE:
+        if high > MAX_NOISE_MULTIPLIER:
             raise ConfigError(f"no noise multiplier keeps ε ≤ {target} (prior spend too large)")
         gap_high = gap(high)
     while high - low > tolerance:

@@ -25,11 +25,15 @@ from pathlib import Path
 
 import rfc8785
 
-from fedtwin.privacy.accountant import AccountantKind, MechanismSteps, epsilon_spent
+from fedtwin.privacy.accountant import (
+    MAX_NOISE_MULTIPLIER,
+    AccountantKind,
+    MechanismSteps,
+    epsilon_spent,
+)
 
 FOLDER = "sigma"
 _FORMAT = 1
-_MAX_NOISE = 1024.0
 
 Calibrate = Callable[..., float]
 
@@ -68,7 +72,7 @@ def _stored(path: Path, key: str) -> float | None:
     if isinstance(sigma, bool) or not isinstance(sigma, int | float):
         return None
     sigma = float(sigma)
-    return sigma if math.isfinite(sigma) and 0 < sigma <= _MAX_NOISE else None
+    return sigma if math.isfinite(sigma) and 0 < sigma <= MAX_NOISE_MULTIPLIER else None
 
 
 def _store(path: Path, key: str, sigma: float) -> None:
