@@ -42,8 +42,14 @@ def test_supernode_verifies_the_ca_and_authenticates_and_names_its_site(tmp_path
         root_certificates=Path("/b/ca.pem"),
         supernode_key=Path("/b/supernode.key"),
         runtime_port=9200,
+        fleet_poll_interval_s=0.25,
     )
     argv = supernode_command(node, tmp_path / "site.toml")
+    # Flower's SuperNode through fedtwin's launcher (prompt polls), Flower's flags after "--".
+    split = argv.index("--")
+    assert argv[1:3] == ["-m", "fedtwin.deploy.supernode_launcher"]
+    assert argv[split - 2 : split] == ["--fleet-poll-interval", "0.25"]
+    assert argv[split + 1 : split + 3] == ["--superlink", "coord.example.org:9443"]
     assert _flag(argv, "--root-certificates") == "/b/ca.pem"
     assert _flag(argv, "--auth-supernode-private-key") == "/b/supernode.key"
     assert _flag(argv, "--isolation") == "process"

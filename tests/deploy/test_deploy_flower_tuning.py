@@ -8,10 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
-from fedtwin.deploy.commands import supernode_command
-from fedtwin.deploy.config import NodeSection
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -73,22 +69,6 @@ def test_an_object_still_missing_is_retried_until_it_arrives() -> None:
         """
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-
-def test_the_site_starts_flowers_supernode_through_the_launcher(tmp_path: Path) -> None:
-    node = NodeSection(
-        superlink="coord.example.org:9443",
-        root_certificates=Path("/b/ca.pem"),
-        supernode_key=Path("/b/supernode.key"),
-        fleet_poll_interval_s=0.25,
-    )
-    argv = supernode_command(node, tmp_path / "site.toml")
-    split = argv.index("--")
-    assert argv[1:3] == ["-m", "fedtwin.deploy.supernode_launcher"]
-    assert argv[split - 2 : split] == ["--fleet-poll-interval", "0.25"]
-    flower = argv[split + 1 :]
-    assert flower[:2] == ["--superlink", "coord.example.org:9443"]
-    assert "--auth-supernode-private-key" in flower and "--root-certificates" in flower
 
 
 def test_the_launcher_refuses_a_bad_interval_or_missing_separator() -> None:

@@ -254,12 +254,13 @@ def test_a_killed_site_and_a_killed_coordinator_lose_no_round_and_spend_no_epsil
     assert [e.type for e in events].count("run_started") == 2
     finished = [e for e in events if e.type == "run_finished"]
     assert [(e.status, e.rounds_completed) for e in finished] == [("completed", ROUNDS)]
-    aggregated = [e.round for e in events if e.type == "aggregated"]
-    assert sorted(set(aggregated)) == list(range(1, ROUNDS + 1))
-    # Every other round was aggregated once. The interrupted round was aggregated after resuming,
-    # and also before the kill when the coordinator got that far without checkpointing it (the
-    # kill races the aggregation): its audit log says both, truthfully.
-    assert all(aggregated.count(r) == 1 for r in range(1, ROUNDS + 1) if r != 2)
-    assert 1 <= aggregated.count(2) <= 2
+    restart = [i for i, e in enumerate(events) if e.type == "run_started"][1]
+    before = [e.round for e in events[:restart] if e.type == "aggregated"]
+    after = [e.round for e in events[restart:] if e.type == "aggregated"]
+    # Round 1 was completed before the kill, round 2 exactly once after resuming. The kill races
+    # round 2's aggregation: the coordinator may have aggregated it (without checkpointing the
+    # round) just before dying, and its log then says so — at most once, and before the restart.
+    assert after == list(range(2, ROUNDS + 1))
+    assert before in ([1], [1, 2])
     replayed = [s for s in (first, second) if _released(s, "r2", 2)]
     assert replayed  # at least one site answered the resumed round from its stored release
