@@ -128,7 +128,10 @@ def _site(message: Message) -> Message:
 
 
 def test_arrays_travel_packed_and_come_back_unpacked_and_equal() -> None:
-    weights = {"conv.weight": np.arange(12, dtype=np.float32).reshape(2, 2, 3), "b": np.ones(2)}
+    weights: dict[str, np.ndarray] = {
+        "conv.weight": np.arange(12, dtype=np.float32).reshape(2, 2, 3),
+        "b": np.ones(2),
+    }
     message = Message(
         RecordDict(
             {

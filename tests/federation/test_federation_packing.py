@@ -134,7 +134,12 @@ def test_site_mod_leaves_a_plain_request_and_its_reply_plain() -> None:
 
 def test_site_mod_refuses_a_packed_request_it_cannot_read() -> None:
     bad = RecordDict({"arrays": _from_payload(b"\x05\0\0\0\0\0\0\0[[1]]")})
-    called = []
+    called: list[Message] = []
+
+    def handler(msg: Message, context: Context) -> Message:
+        called.append(msg)
+        return msg
+
     with pytest.raises(PackingError):
-        packed_arrays_mod(_train_message(bad), _context(), lambda m, c: called.append(m) or m)
+        packed_arrays_mod(_train_message(bad), _context(), handler)
     assert called == []  # the site never ran on arrays it could not read
