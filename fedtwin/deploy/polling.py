@@ -126,6 +126,10 @@ def prompt_polling(app: ServerApp, interval_s: float = DEFAULT_INTERVAL_S) -> Se
 
     @outer.main()
     def main(grid: Grid, context: Context) -> None:
+        from fedtwin.deploy.flower_tuning import prompt_object_pulls
+
+        # Replies' objects not yet at the SuperLink are asked for again after 50 ms, not 1 s+.
+        prompt_object_pulls()
         app(PromptGrid(grid, interval_s), context)
 
     return outer

@@ -16,6 +16,12 @@ Invariants:
   code of the FAB it was sent, as Flower's own executor would;
 * it talks only to the SuperNode's local Runtime API (loopback, plain HTTP as with Flower's own
   SuperExec in this mode), never to the coordinator;
+* a task asks the SuperNode again for a message object not there yet after 50 ms, doubling to
+  1 s (:func:`~fedtwin.deploy.flower_tuning.prompt_object_pulls`; Flower: 1 s doubling to
+  10 s, which made a task wait 1–3 s for objects that arrived within milliseconds);
+* the parent reads the site's export and verifies its stored σ values (:func:`warm_site_state`)
+  at start and when idle, so that tasks inherit them; a task still checks both itself (a
+  changed export is re-read, a σ is used only with a passed accountant evaluation);
 * every task passes the site's app-hash gate (:mod:`.app_gate`): a FAB whose digest the site
   policy does not approve is neither installed nor imported, and the task is refused.
 """
@@ -36,12 +42,44 @@ PRELOAD = ("fedtwin.federation", "torch._dynamo")
 ``torch._dynamo``, which torch's optimizers import on first construction (1–3 s per task)."""
 
 
-def _reap_children() -> None:
+REFRESH_INTERVAL_S = 10.0
+"""While no task runs, the parent re-checks the site's export at most this often."""
+
+
+def _reap_children(children: set[int]) -> None:
+    for pid in list(children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            children.discard(pid)
+
+
+def warm_site_state(site_config: Path) -> str:
+    """Read the site's export and verify its stored σ values in this (parent) process.
+
+    Forked tasks inherit both: ``load_site_data``'s in-process cache (which a task still
+    checks against the export's files, re-reading a changed export itself) and the σ values
+    whose accountant evaluation already passed (:func:`~fedtwin.privacy.sigma_store.verify_stored`).
+    Nothing here can make a task use what it would not have used: a problem is reported
+    and left for the task, which reads and checks everything itself. Returns a status line.
+    """
+    from fedtwin.federation import load_site_config
+    from fedtwin.federation.sitedata import load_site_data
+    from fedtwin.privacy.sigma_store import verify_stored
+
     try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
+        site = load_site_config(site_config)
+        data = load_site_data(site)
+        verified = verify_stored(site.state_dir)
+    except Exception as error:  # the task meets, and reports, the same problem itself
+        return f"site state not preloaded, each task reads it itself: {error}"
+    checked = f", {verified} stored σ verified" if verified else ""
+    return (
+        f"site export ready ({len(data.train)} training, {len(data.heldout)} held-out "
+        f"patients){checked}"
+    )
 
 
 def _run_task(runtime_api_address: str, token: str, parent_pid: int, site_config: Path) -> int:
@@ -67,6 +105,8 @@ def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -
     )
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     print(f"fedtwin warm executor: taking ClientApp tasks from {runtime_api_address}", flush=True)
+    children: set[int] = set()
+    refreshed, last_note = time.monotonic(), ""
     while True:
         response = client.AcquireTask(request)
         if response.HasField("task") and response.token:
@@ -86,8 +126,19 @@ def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -
                 f"(fork {1000 * (time.monotonic() - started):.0f} ms)",
                 flush=True,
             )
-        _reap_children()
+            children.add(child)
+        _reap_children(children)
+        if not children and time.monotonic() - refreshed >= REFRESH_INTERVAL_S:
+            # Idle: pick up a changed export or newly stored σ before the next task needs them.
+            line = warm_site_state(site_config)
+            if line != last_note:
+                _note(line)
+            refreshed, last_note = time.monotonic(), line
         time.sleep(poll_interval_s)
+
+
+def _note(line: str) -> None:
+    print(f"{time.strftime('%m/%d/%Y %H:%M:%S')} fedtwin warm executor: {line}", flush=True)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -108,7 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     for module in PRELOAD:
         importlib.import_module(module)
+    from fedtwin.deploy.flower_tuning import prompt_object_pulls
+
+    # Children inherit it: a task's message objects, still on their way from the SuperLink to
+    # the SuperNode, are asked for again after 50 ms instead of Flower's 1 s doubling to 10 s.
+    prompt_object_pulls()
     print(f"fedtwin warm executor: libraries imported in {time.monotonic() - started:.1f} s")
+    _note(warm_site_state(args.site_config.resolve()))
     signal.signal(signal.SIGTERM, _stop)
     serve(args.runtime_api_address, args.poll_interval, args.site_config.resolve())
 

@@ -8,9 +8,10 @@ again in every round. This store keeps each answer in ``<state_dir>/sigma/`` und
 of every input of the search (canonical JSON, RFC 8785) and the Opacus version.
 
 Invariant (fail closed): a stored σ is used only after one accountant evaluation shows that it
-keeps ε within the target for exactly these inputs; a stored value that is missing, unreadable,
-for other inputs, out of range or too small is ignored and the search runs again (and its
-answer replaces the file). Losing or deleting the folder only costs time.
+keeps ε within the target for exactly these inputs (in this process, or in the warm executor's
+parent process it was forked from: :func:`verify_stored`); a stored value that is missing,
+unreadable, for other inputs, out of range or too small is ignored and the search runs again
+(and its answer replaces the file). Losing or deleting the folder only costs time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedtwin.privacy.accountant import (
     MAX_NOISE_MULTIPLIER,
@@ -33,55 +35,107 @@ from fedtwin.privacy.accountant import (
 )
 
 FOLDER = "sigma"
-_FORMAT = 1
+_FORMAT = 2
 
 Calibrate = Callable[..., float]
 
 
-def _key(
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: AccountantKind,
-    prior: tuple[MechanismSteps, ...],
-) -> str:
-    import opacus
+class SigmaInputs(BaseModel):
+    """Every input of one σ search; its canonical JSON's SHA-256 names the stored answer."""
 
-    document = {
-        "format": _FORMAT,
-        "opacus": opacus.__version__,
-        "target_epsilon": target_epsilon,
-        "delta": delta,
-        "sample_rate": sample_rate,
-        "steps": steps,
-        "accountant": accountant.value,
-        "prior": [[m.noise_multiplier, m.sample_rate, m.steps] for m in prior],
-    }
-    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = _FORMAT
+    opacus: str
+    target_epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+    sample_rate: float = Field(gt=0, le=1)
+    steps: int = Field(ge=0)
+    accountant: AccountantKind
+    prior: tuple[MechanismSteps, ...] = ()
+
+    def key(self) -> str:
+        """SHA-256 (hex) of the RFC 8785 canonical JSON of these inputs."""
+        return hashlib.sha256(rfc8785.dumps(self.model_dump(mode="json"))).hexdigest()
+
+    def verifies(self, sigma: float) -> bool:
+        """Whether σ keeps ε within the target for these inputs (one accountant evaluation)."""
+        planned = MechanismSteps(
+            noise_multiplier=sigma, sample_rate=self.sample_rate, steps=self.steps
+        )
+        spent = epsilon_spent((*self.prior, planned), self.delta, self.accountant)
+        return spent <= self.target_epsilon
 
 
-def _stored(path: Path, key: str) -> float | None:
+_checked: dict[tuple[str, float], bool] = {}
+"""Outcome of the accountant evaluation of (key, σ) in this process, or in the parent it was
+forked from (a warm executor checks the stored σ values once; its tasks inherit this)."""
+
+
+def _verified(inputs: SigmaInputs, key: str, sigma: float) -> bool:
+    if (key, sigma) not in _checked:
+        _checked[key, sigma] = inputs.verifies(sigma)
+    return _checked[key, sigma]
+
+
+def _stored(path: Path) -> tuple[str, float, dict[str, object] | None] | None:
+    """(key, σ, inputs document or None) of a stored file, or None if it is not one."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(document, dict) or document.get("key") != key:
+    if not isinstance(document, dict) or not isinstance(document.get("key"), str):
         return None
     sigma = document.get("noise_multiplier")
     if isinstance(sigma, bool) or not isinstance(sigma, int | float):
         return None
     sigma = float(sigma)
-    return sigma if math.isfinite(sigma) and 0 < sigma <= MAX_NOISE_MULTIPLIER else None
+    if not (math.isfinite(sigma) and 0 < sigma <= MAX_NOISE_MULTIPLIER):
+        return None
+    inputs = document.get("inputs")
+    return document["key"], sigma, inputs if isinstance(inputs, dict) else None
 
 
-def _store(path: Path, key: str, sigma: float) -> None:
+def _store(path: Path, inputs: SigmaInputs, sigma: float) -> None:
     # Optional: a site that cannot write here only searches again next time.
+    document = {
+        "key": inputs.key(),
+        "noise_multiplier": sigma,
+        "inputs": inputs.model_dump(mode="json"),
+    }
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps({"key": key, "noise_multiplier": sigma}), encoding="utf-8")
+        partial.write_text(json.dumps(document), encoding="utf-8")
         partial.replace(path)
+
+
+def verify_stored(state_dir: Path) -> int:
+    """Check every stored σ not yet checked in this process; returns how many passed now.
+
+    A file counts only if its recorded inputs hash to its key, were made with this Opacus
+    version, and one accountant evaluation passes for them; anything else is skipped (the
+    task that needs it evaluates, or searches, itself).
+    """
+    import opacus
+
+    passed = 0
+    folder = state_dir / FOLDER
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        stored = _stored(path)
+        if stored is None or stored[2] is None:
+            continue
+        key, sigma, document = stored
+        if (key, sigma) in _checked:
+            continue
+        try:
+            inputs = SigmaInputs.model_validate(document)
+        except ValidationError:
+            continue
+        if inputs.key() != key or inputs.opacus != opacus.__version__:
+            continue
+        passed += _verified(inputs, key, sigma)
+    return passed
 
 
 def stored_noise_multiplier(
@@ -101,13 +155,22 @@ def stored_noise_multiplier(
     :func:`~fedtwin.privacy.accountant.calibrate_noise_multiplier`); its errors propagate and
     nothing is stored for them.
     """
-    key = _key(target_epsilon, delta, sample_rate, steps, accountant, prior)
+    import opacus
+
+    inputs = SigmaInputs(
+        opacus=opacus.__version__,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+        prior=prior,
+    )
+    key = inputs.key()
     path = state_dir / FOLDER / f"{key[:32]}.json"
-    sigma = _stored(path, key)
-    if sigma is not None:
-        planned = MechanismSteps(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
-        if epsilon_spent((*prior, planned), delta, accountant) <= target_epsilon:
-            return sigma
+    stored = _stored(path)
+    if stored is not None and stored[0] == key and _verified(inputs, key, stored[1]):
+        return stored[1]
     sigma = calibrate(
         target_epsilon=target_epsilon,
         delta=delta,
@@ -116,5 +179,5 @@ def stored_noise_multiplier(
         accountant=accountant,
         prior=prior,
     )
-    _store(path, key, sigma)
+    _store(path, inputs, sigma)
     return sigma
