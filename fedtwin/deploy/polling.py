@@ -14,6 +14,10 @@ own objects, each a request with several SQL transactions in a SuperLink with a 
 database, which made the SuperLink the bottleneck of a deployed round. Sites unpack with
 :func:`~fedtwin.federation.packing.packed_arrays_mod` and answer packed.
 
+The ServerApp built by :func:`prompt_polling` also retries a reply's object not yet at the
+SuperLink after 50 ms (:func:`~fedtwin.deploy.flower_tuning.prompt_object_pulls`; Flower waits
+1 s, doubling to 10 s).
+
 Invariants: the wrapper changes *when* replies are pulled, never *which*: it pushes the same
 messages (their arrays packed, byte for byte recoverable) and returns exactly the replies the
 wrapped Grid's ``pull_messages`` returns, unpacked. A reply whose packed arrays do not parse is
