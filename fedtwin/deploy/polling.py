@@ -30,21 +30,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
 
+from fedtwin.federation.grids import DelegatingGrid
 from fedtwin.federation.packing import PackingError, has_packed, pack_content, unpack_content
-
-if TYPE_CHECKING:
-    from flwr.proto.node_pb2 import NodeInfo
 
 DEFAULT_INTERVAL_S = 0.2
 
 
-class PromptGrid(Grid):
+class PromptGrid(DelegatingGrid):
     """A Grid that delegates to ``grid`` and polls for replies every ``interval_s``.
 
     Parameters
@@ -58,36 +54,8 @@ class PromptGrid(Grid):
     def __init__(self, grid: Grid, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         if not 0.01 <= interval_s <= 10:
             raise ValueError("interval_s must be between 0.01 and 10 seconds")
-        self._grid = grid
+        super().__init__(grid)
         self.interval_s = interval_s
-
-    def set_run(self, run: Run) -> None:
-        """Delegate."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped Grid's run."""
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegate."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """Delegate."""
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        """Delegate."""
-        return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Delegate, each message's ArrayRecords packed."""

@@ -56,14 +56,15 @@ def _reap_children(children: set[int]) -> None:
             children.discard(pid)
 
 
-def warm_site_state(site_config: Path) -> str:
+def warm_site_state(site_config: Path) -> tuple[str, int]:
     """Read the site's export and verify its stored σ values in this (parent) process.
 
     Forked tasks inherit both: ``load_site_data``'s in-process cache (which a task still
     checks against the export's files, re-reading a changed export itself) and the σ values
     whose accountant evaluation already passed (:func:`~fedtwin.privacy.sigma_store.verify_stored`).
     Nothing here can make a task use what it would not have used: a problem is reported
-    and left for the task, which reads and checks everything itself. Returns a status line.
+    and left for the task, which reads and checks everything itself. Returns a status line
+    and how many stored σ passed their check now.
     """
     from fedtwin.federation import load_site_config
     from fedtwin.federation.sitedata import load_site_data
@@ -74,12 +75,9 @@ def warm_site_state(site_config: Path) -> str:
         data = load_site_data(site)
         verified = verify_stored(site.state_dir)
     except Exception as error:  # the task meets, and reports, the same problem itself
-        return f"site state not preloaded, each task reads it itself: {error}"
-    checked = f", {verified} stored σ verified" if verified else ""
-    return (
-        f"site export ready ({len(data.train)} training, {len(data.heldout)} held-out "
-        f"patients){checked}"
-    )
+        return f"site state not preloaded, each task reads it itself: {error}", 0
+    line = f"site export ready ({len(data.train)} training, {len(data.heldout)} held-out patients)"
+    return line, verified
 
 
 def _run_task(runtime_api_address: str, token: str, parent_pid: int, site_config: Path) -> int:
@@ -88,7 +86,17 @@ def _run_task(runtime_api_address: str, token: str, parent_pid: int, site_config
     return run_gated_clientapp(runtime_api_address, token, parent_pid, site_config)
 
 
-def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -> None:
+def _note_state(site_config: Path, last: str) -> str:
+    """Warm the site's state; log its line if it changed or a σ was verified. Returns the line."""
+    line, verified = warm_site_state(site_config)
+    if line != last or verified:
+        _note(f"{line}, {verified} stored σ verified" if verified else line)
+    return line
+
+
+def serve(
+    runtime_api_address: str, poll_interval_s: float, site_config: Path, state_line: str = ""
+) -> None:
     """Take ClientApp tasks from the SuperNode forever, one forked child per task."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -106,7 +114,7 @@ def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     print(f"fedtwin warm executor: taking ClientApp tasks from {runtime_api_address}", flush=True)
     children: set[int] = set()
-    refreshed, last_note = time.monotonic(), ""
+    refreshed = time.monotonic()
     while True:
         response = client.AcquireTask(request)
         if response.HasField("task") and response.token:
@@ -130,10 +138,8 @@ def serve(runtime_api_address: str, poll_interval_s: float, site_config: Path) -
         _reap_children(children)
         if not children and time.monotonic() - refreshed >= REFRESH_INTERVAL_S:
             # Idle: pick up a changed export or newly stored σ before the next task needs them.
-            line = warm_site_state(site_config)
-            if line != last_note:
-                _note(line)
-            refreshed, last_note = time.monotonic(), line
+            state_line = _note_state(site_config, state_line)
+            refreshed = time.monotonic()
         time.sleep(poll_interval_s)
 
 
@@ -165,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     # the SuperNode, are asked for again after 50 ms instead of Flower's 1 s doubling to 10 s.
     prompt_object_pulls()
     print(f"fedtwin warm executor: libraries imported in {time.monotonic() - started:.1f} s")
-    _note(warm_site_state(args.site_config.resolve()))
+    state_line = _note_state(args.site_config.resolve(), "")
     signal.signal(signal.SIGTERM, _stop)
-    serve(args.runtime_api_address, args.poll_interval, args.site_config.resolve())
+    serve(args.runtime_api_address, args.poll_interval, args.site_config.resolve(), state_line)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from fedtwin.errors import ConfigError, VerificationError
 from fedtwin.federation.config import RunConfig, one_line
+from fedtwin.federation.grids import SteadyNodesGrid
 
 RESUME_DIR = "resume"
 STATE_FILE = "state.json"
@@ -138,9 +139,15 @@ class ResumableStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the round's global model; delegate with the real round number."""
+        """Remember the round's global model; delegate with the real round number.
+
+        The wrapped strategy sees the connected sites through a :class:`SteadyNodesGrid`: a
+        site dropping out while the round is configured cannot stall the run.
+        """
         self.arrays = arrays
-        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+        return self.inner.configure_train(
+            server_round + self.offset, arrays, config, SteadyNodesGrid(grid)
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -154,8 +161,10 @@ class ResumableStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate with the real round number."""
-        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+        """Delegate with the real round number (sites seen as in :meth:`configure_train`)."""
+        return self.inner.configure_evaluate(
+            server_round + self.offset, arrays, config, SteadyNodesGrid(grid)
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -38,8 +38,9 @@ def test_tasks_forked_after_the_warm_read_do_not_read_the_export_again(
     site = site_tree.sites[0]
     sitedata._cache.clear()
     reader = _CountingReader(monkeypatch)
-    line = warm_site_state(_config_file(site, tmp_path))
+    line, verified = warm_site_state(_config_file(site, tmp_path))
     expected = load_site_data(site)
+    assert verified == 0
     assert line == (
         f"site export ready ({len(expected.train)} training, "
         f"{len(expected.heldout)} held-out patients)"
@@ -71,8 +72,8 @@ def test_a_site_the_parent_cannot_read_is_left_to_the_task(
     site_tree: SiteTree, tmp_path: Path
 ) -> None:
     site = site_tree.sites[0].model_copy(update={"data_dir": tmp_path / "no-such-export"})
-    line = warm_site_state(_config_file(site, tmp_path))
+    line, _ = warm_site_state(_config_file(site, tmp_path))
     assert line.startswith("site state not preloaded, each task reads it itself: ")
     assert "no-such-export" in line
-    missing = warm_site_state(tmp_path / "missing.toml")
+    missing, _ = warm_site_state(tmp_path / "missing.toml")
     assert missing.startswith("site state not preloaded") and "missing.toml" in missing
