@@ -83,7 +83,7 @@ def train_twin(args: argparse.Namespace) -> tuple[GlucoseTwin, CalibrationScales
     )
     (site,) = simulate_site(spec, batch_patients=args.train_patients, substeps=1)
     trajectory = site.trajectory
-    config = GlucoseTwinConfig(plan_effect=args.plan_effect)
+    config = GlucoseTwinConfig()
     cgm = trajectory.cgm_mg_dl.float()
     n_calibration = max(8, args.train_patients // 10)
     batches = {}
@@ -269,9 +269,6 @@ def main() -> None:
     parser.add_argument("--horizon-min", type=int, default=360)
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--plan-effect", choices=("physiological", "learned"), default="physiological"
-    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
@@ -280,10 +277,7 @@ def main() -> None:
         model, calibration, source = run.model, run.calibration, str(args.model)
     else:
         model, calibration = train_twin(args)
-        source = (
-            f"trained here: {args.train_patients} adults, {args.steps} steps, "
-            f"plan effect {args.plan_effect}"
-        )
+        source = f"trained here: {args.train_patients} adults, {args.steps} steps"
     trained = time.perf_counter() - started
     cases = counterfactuals(args, model.config.history_steps)
     result = {"bench": "whatif_quality", "model": source, "seed": args.seed}

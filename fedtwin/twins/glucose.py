@@ -14,18 +14,14 @@ Invariants:
   per-sample gradients for in closed form (no ``nn.GRU``; no batch statistics);
 * stateless normalisation: fixed clinical scales, never statistics of a site's data, so the
   architecture leaks nothing and all sites share one input space;
-* persistence plus textbook physiology at initialisation: the output layers start at zero, so
-  an untrained twin predicts "glucose stays where it is", moved only by insulin above basal
-  and carbohydrate at an adult's typical sensitivity, with a broad uncertainty;
-* monotone in the plan (``plan_effect="physiological"``, the default): for a given history, more
-  planned insulin never raises the forecast mean and more carbohydrate never lowers it.
+* persistence at initialisation: the output layer starts at zero, so an untrained twin predicts
+  "glucose stays where it is" with a broad uncertainty, and training can only start from there.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,17 +35,6 @@ GLUCOSE_SCALE_MG_DL = 60.0
 DELTA_SCALE_MG_DL = 50.0
 CARBS_SCALE_G = 20.0
 MIN_STD_NORMALISED = 1e-2
-INSULIN_ACTION_PEAKS_MIN = (50.0, 75.0, 110.0)
-"""Peak times τ of the insulin action curves (rapid-acting insulin peaks at about 55-75 min,
-and acts for 5-6 h: Loop's exponential insulin model; see :func:`action_fraction`)."""
-CARB_ABSORPTION_PEAKS_MIN = (20.0, 40.0, 80.0)
-"""Peak times τ of the carbohydrate absorption curves (fast, mixed and slow meals)."""
-INITIAL_INSULIN_EFFECT = 45.0 / DELTA_SCALE_MG_DL
-"""An untrained twin's total glucose drop per unit of insulin above basal, normalised (an adult
-correction factor of about 45 mg/dL per U)."""
-INITIAL_CARB_EFFECT = 90.0 / DELTA_SCALE_MG_DL
-"""An untrained twin's total glucose rise per ``CARBS_SCALE_G`` (20 g) of carbohydrate,
-normalised (about 4.5 mg/dL per g: correction factor 45 / carb ratio 10)."""
 
 
 class GlucoseTwinConfig(BaseModel):
@@ -62,14 +47,6 @@ class GlucoseTwinConfig(BaseModel):
     channels: int = Field(32, ge=4, le=256, description="width of the convolutional encoder")
     dilations: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=8)
     kernel_size: int = Field(3, ge=2, le=7)
-    plan_effect: Literal["physiological", "learned"] = Field(
-        "physiological",
-        description=(
-            "how planned insulin and carbohydrate move the mean: 'physiological' (action "
-            "curves with non-negative, history-dependent gains: more insulin never raises "
-            "the forecast, more carbohydrate never lowers it) or 'learned' (a free layer)"
-        ),
-    )
 
     @model_validator(mode="after")
     def _history_covers_receptive_field(self) -> GlucoseTwinConfig:
@@ -135,57 +112,11 @@ def normalise_plan(plan: Tensor) -> Tensor:
     return torch.cat([insulin, carbs], dim=-2)
 
 
-def action_fraction(minutes: Tensor, peak_min: float) -> Tensor:
-    """Share of a dose's whole effect reached ``minutes`` after it: ``1 - (1 + t/τ)·e^(-t/τ)``.
-
-    The cumulative form of the activity curve ``t/τ² · e^(-t/τ)``, which peaks at ``τ`` (zero for
-    ``t ≤ 0``, rising monotonically to 1).
-    """
-    t = minutes.clamp_min(0.0) / peak_min
-    return 1.0 - (1.0 + t) * torch.exp(-t)
-
-
-def action_kernels(history_steps: int, horizon_steps: int, peaks_min: tuple[float, ...]) -> Tensor:
-    """``[K, L + H, H]``: the effect of one unit given in each history or plan bin, per step.
-
-    Entry ``[k, i, h]`` is the share of the unit's effect (curve ``k``) that happens between the
-    anchor (the last reading) and ``5·(h + 1)`` minutes after it. A history bin's dose counts at
-    the time of its bin's reading (``-5·(L - 1 - i)`` min), a plan bin's in the middle of its 5
-    minutes; a dose's effect before the anchor is already in the readings. Every entry is ≥ 0.
-    """
-    given = torch.cat(
-        [
-            -5.0 * torch.arange(history_steps - 1, -1, -1, dtype=torch.float64),
-            5.0 * torch.arange(horizon_steps, dtype=torch.float64) + 2.5,
-        ]
-    )
-    ahead = 5.0 * torch.arange(1, horizon_steps + 1, dtype=torch.float64)
-    kernels = [
-        action_fraction(ahead[None, :] - given[:, None], peak)
-        - action_fraction(-given[:, None], peak).expand(-1, horizon_steps)
-        for peak in peaks_min
-    ]
-    return torch.stack(kernels).clamp_min(0.0).float()
-
-
-def _softplus_inverse(value: float) -> float:
-    return math.log(math.expm1(value))
-
-
 class GlucoseTwin(nn.Module):
     """Probabilistic CGM forecaster conditioned on the planned treatment.
 
     ``forward`` returns the raw ``[N, 2, H]`` output (normalised mean change from the last
     reading, and the unconstrained scale); use :meth:`forecast` for mg/dL.
-
-    With ``plan_effect="physiological"`` (the default) the mean is the encoder's forecast
-    without the plan, minus insulin above the history's basal rate (its median per bin) and plus
-    carbohydrate, each through fixed action curves (:func:`action_kernels`, history and plan
-    doses) weighted by non-negative gains the encoder reads from the history. For a given
-    history the forecast mean is therefore non-increasing in every planned insulin dose and
-    non-decreasing in every planned carbohydrate amount (what a what-if comparison of doses
-    relies on); only the spread sees the plan through a free layer. ``"learned"`` feeds the plan
-    to a free layer for both.
 
     Inputs may also carry ``k`` windows per record, ``history [N, k, 3, L]`` and
     ``plan [N, k, 2, H]`` (output ``[N, k, 2, H]``): the windows are laid side by side along
@@ -204,35 +135,9 @@ class GlucoseTwin(nn.Module):
         )
         self.plan = nn.Linear(2 * horizon, width)
         self.hidden = nn.Linear(2 * width, width)
-        self.physiological = self.config.plan_effect == "physiological"
-        # Physiological: this layer gives the spread only; the mean has its own plan-free head.
-        self.output = nn.Linear(width, (1 if self.physiological else 2) * horizon)
+        self.output = nn.Linear(width, 2 * horizon)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
-        if self.physiological:
-            length = self.config.history_steps
-            self.mean_hidden = nn.Linear(width, width)
-            self.mean_output = nn.Linear(width, horizon)
-            self.insulin_gain = nn.Linear(width, len(INSULIN_ACTION_PEAKS_MIN))
-            self.carb_gain = nn.Linear(width, len(CARB_ABSORPTION_PEAKS_MIN))
-            for layer, total in (
-                (self.mean_output, 0.0),
-                (self.insulin_gain, INITIAL_INSULIN_EFFECT),
-                (self.carb_gain, INITIAL_CARB_EFFECT),
-            ):
-                nn.init.zeros_(layer.weight)
-                if total:
-                    nn.init.constant_(layer.bias, _softplus_inverse(total / layer.out_features))
-                else:
-                    nn.init.zeros_(layer.bias)
-            self.insulin_kernels: Tensor
-            self.carb_kernels: Tensor
-            self.register_buffer(
-                "insulin_kernels", action_kernels(length, horizon, INSULIN_ACTION_PEAKS_MIN)
-            )
-            self.register_buffer(
-                "carb_kernels", action_kernels(length, horizon, CARB_ABSORPTION_PEAKS_MIN)
-            )
 
     def forward(self, history: Tensor, plan: Tensor) -> Tensor:
         """Raw output ``[N, 2, H]`` (or ``[N, k, 2, H]``) for raw ``history`` and ``plan``."""
@@ -250,21 +155,7 @@ class GlucoseTwin(nn.Module):
         planned = functional.silu(self.plan(normalise_plan(plan).flatten(2)))
         hidden = functional.silu(self.hidden(torch.cat([encoded, planned], dim=2)))
         raw: Tensor = self.output(hidden)
-        if not self.physiological:
-            return raw.view(records, windows, 2, horizon)
-        mean = self.mean_output(functional.silu(self.mean_hidden(encoded)))
-        given_insulin = history[:, :, 1, :].clamp_min(0.0)
-        basal = given_insulin.median(dim=-1, keepdim=True).values
-        insulin = torch.cat([given_insulin, plan[:, :, 0, :].clamp_min(0.0)], dim=-1) - basal
-        carbs = torch.cat([history[:, :, 2, :], plan[:, :, 1, :]], dim=-1) / CARBS_SCALE_G
-        insulin_effect = torch.einsum("rwt,kth->rwkh", insulin, self.insulin_kernels)
-        carb_effect = torch.einsum("rwt,kth->rwkh", carbs.clamp_min(0.0), self.carb_kernels)
-        insulin_gain = functional.softplus(self.insulin_gain(encoded)).unsqueeze(-1)
-        carb_gain = functional.softplus(self.carb_gain(encoded)).unsqueeze(-1)
-        mean = (
-            mean - (insulin_gain * insulin_effect).sum(dim=2) + (carb_gain * carb_effect).sum(dim=2)
-        )
-        return torch.stack([mean, raw], dim=2)
+        return raw.view(records, windows, 2, horizon)
 
     def forecast(self, history: Tensor, plan: Tensor) -> GlucoseForecast:
         """Gaussian forecast in mg/dL for raw inputs (``[N, H]``, or ``[N, k, H]``)."""
