@@ -1,15 +1,20 @@
 """Benchmark: how often the glucose twin's what-if picks the truly best plan (issue 9).
 
-New virtual adults (never seen in training), fasting since midnight, eat a meal of 40-100 g at
-04:00. Six plans for that meal, in units of the bolus their carb ratio calls for (``D``, rounded
-by the pump): no bolus, 0.5 D, D (the usual therapy: the *factual* plan), 1.5 D, 2 D, and D given
-30 min late. The simulator replays every patient from the same checkpoint under each plan —
-the true counterfactuals — and the twin ranks the plans with
+New virtual adults (never seen in training) live one day under their usual therapy (three meals
+and snacks, loosely counted, 30 % of meal boluses missed), then, fasting since midnight, eat a
+meal of 40-100 g at 04:00 the next morning. Six plans for that meal, in units of the bolus
+their carb ratio calls for (``D``, rounded by the pump): no bolus, 0.5 D, D (the usual therapy:
+the *factual* plan), 1.5 D, 2 D, and D given 30 min late. The simulator replays every patient
+from the same checkpoint under each plan — the true counterfactuals — and the twin ranks the
+plans with
 :func:`fedtwin.twins.whatif.compare_plans` from the patient's last hours (CGM, insulin, carbs),
-as ``fedtwin twin what-if`` does. The objective is the twin's default: time in 70-180 mg/dL
+as ``fedtwin twin what-if`` does, once with the shared twin alone and once with a personal head
+fitted on-site on that patient's previous day (:func:`fedtwin.twins.personalise.personalise`;
+the day holds the patient's own meal responses, which the fasting hours before the meal do
+not). The objective is the twin's default: time in 70-180 mg/dL
 minus 3 × time below 70 over the horizon (higher is better), of the true glucose.
 
-Figures (one JSON line):
+Figures (one JSON line; ``personalised`` holds the same figures with the personal heads):
 
 * ``picks_best``: share of patients whose truly best plan the twin ranks first, among those
   where the best plan beats the runner-up by at least ``--margin`` (clear-cut cases); goal
@@ -53,12 +58,15 @@ from fedtwin.cohorts import (
 )
 from fedtwin.twins import GlucoseTwin, GlucoseTwinConfig, PatientBatch, batch_windows
 from fedtwin.twins.calibration import CalibrationScales, abs_z_histogram, fit_calibration
+from fedtwin.twins.personalise import PersonalHead, personalise
 from fedtwin.twins.runfile import load_twin_run
 from fedtwin.twins.training import PatientWindowDataset, train_non_private, usable_rows
 from fedtwin.twins.whatif import Bolus, Carbs, GlucosePlan, Objective, compare_plans
 
-ANCHOR_MIN = 240
+DAY_MIN = 1440
+ANCHOR_MIN = DAY_MIN + 240
 FACTUAL = "bolus D"
+BEHAVIOUR = BehaviourNoise(carb_count_log_sd=0.3, missed_bolus_probability=0.3)
 # name -> (multiple of D, minutes after the meal)
 PLANS: dict[str, tuple[float, int]] = {
     "no bolus": (0.0, 0),
@@ -77,9 +85,7 @@ def train_twin(args: argparse.Namespace) -> tuple[GlucoseTwin, CalibrationScales
         n_patients=args.train_patients,
         days=1.0,
         seed=args.seed,
-        scenario=ScenarioConfig(
-            behaviour=BehaviourNoise(carb_count_log_sd=0.3, missed_bolus_probability=0.3)
-        ),
+        scenario=ScenarioConfig(behaviour=BEHAVIOUR),
     )
     (site,) = simulate_site(spec, batch_patients=args.train_patients, substeps=1)
     trajectory = site.trajectory
@@ -115,15 +121,18 @@ def train_twin(args: argparse.Namespace) -> tuple[GlucoseTwin, CalibrationScales
     return model, fit_calibration(abs_z_histogram(model, windows))
 
 
-def counterfactuals(args: argparse.Namespace, history_steps: int) -> dict[str, Any]:
-    """The test patients' histories, meals, doses and true courses under every plan."""
+def counterfactuals(args: argparse.Namespace, config: GlucoseTwinConfig) -> dict[str, Any]:
+    """The test patients' days, meals, doses and true courses under every plan."""
     horizon = args.horizon_min
     spec = SiteSpec(
-        site_id="whatif-test", n_patients=args.test_patients, days=1.0, seed=args.seed + 1
+        site_id="whatif-test", n_patients=args.test_patients, days=2.0, seed=args.seed + 1
     )
     params = site_population(spec)
     scenario = draw_scenario(
-        params, ScenarioConfig(meals=()), minutes=ANCHOR_MIN + horizon + 5, seed=args.seed + 1
+        params,
+        ScenarioConfig(behaviour=BEHAVIOUR),
+        minutes=ANCHOR_MIN + horizon + 5,
+        seed=args.seed + 1,
     )
     before = replay(
         params, BasalBolusPlan(), scenario=scenario, until_minute=ANCHOR_MIN, substeps=1
@@ -148,14 +157,36 @@ def counterfactuals(args: argparse.Namespace, history_steps: int) -> dict[str, A
             substeps=1,
         )
         doses[name] = dose
+    cgm = before.cgm_mg_dl.float()
+    days = PatientBatch.from_arrays(
+        [f"test-{row}" for row in range(params.batch_size)],
+        cgm,
+        before.insulin_u.float(),
+        before.carbs_announced_g.float(),
+        ~torch.isnan(cgm),
+        None,
+        config.history_steps,
+        config.horizon_steps,
+    )
     return {
         "before": before,
+        "days": days,
         "truth": truth,
         "doses": doses,
         "meals": meals,
         "basal_u_per_h": 60.0 * basal,
-        "history_steps": history_steps,
+        "history_steps": config.history_steps,
     }
+
+
+def personal_heads(
+    model: GlucoseTwin, calibration: CalibrationScales | None, days: PatientBatch
+) -> list[PersonalHead]:
+    """Each test patient's head, fitted on that patient's day before the what-if."""
+    return [
+        personalise(model, batch_windows(days.select([row]), stride=2), calibration=calibration)
+        for row in range(len(days))
+    ]
 
 
 def evaluate(
@@ -163,6 +194,7 @@ def evaluate(
     calibration: CalibrationScales | None,
     cases: dict[str, Any],
     args: argparse.Namespace,
+    heads: list[PersonalHead] | None = None,
 ) -> dict[str, Any]:
     objective, margin = Objective(), args.margin
     before, truth, length = cases["before"], cases["truth"], cases["history_steps"]
@@ -203,6 +235,7 @@ def evaluate(
             current_basal_u_per_h=float(cases["basal_u_per_h"][row]),
             horizon_min=args.horizon_min,
             calibration=calibration,
+            head=heads[row] if heads is not None else None,
             samples=0,
         )
         forecast = {o.name: torch.as_tensor(o.mean_mg_dl) for o in comparison.outcomes}
@@ -279,9 +312,11 @@ def main() -> None:
         model, calibration = train_twin(args)
         source = f"trained here: {args.train_patients} adults, {args.steps} steps"
     trained = time.perf_counter() - started
-    cases = counterfactuals(args, model.config.history_steps)
-    result = {"bench": "whatif_quality", "model": source, "seed": args.seed}
+    cases = counterfactuals(args, model.config)
+    result: dict[str, Any] = {"bench": "whatif_quality", "model": source, "seed": args.seed}
     result.update(evaluate(model, calibration, cases, args))
+    heads = personal_heads(model, calibration, cases["days"])
+    result["personalised"] = evaluate(model, calibration, cases, args, heads)
     result["setup_s"] = round(trained, 1)
     print(json.dumps(result))
     sys.stdout.flush()
