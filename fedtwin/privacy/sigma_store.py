@@ -157,27 +157,20 @@ def stored_noise_multiplier(
     """
     import opacus
 
-    inputs = SigmaInputs(
-        opacus=opacus.__version__,
-        target_epsilon=target_epsilon,
-        delta=delta,
-        sample_rate=sample_rate,
-        steps=steps,
-        accountant=accountant,
-        prior=prior,
-    )
+    arguments: dict[str, object] = {
+        "target_epsilon": target_epsilon,
+        "delta": delta,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "accountant": accountant,
+        "prior": prior,
+    }
+    inputs = SigmaInputs.model_validate({"opacus": opacus.__version__, **arguments})
     key = inputs.key()
     path = state_dir / FOLDER / f"{key[:32]}.json"
     stored = _stored(path)
     if stored is not None and stored[0] == key and _verified(inputs, key, stored[1]):
         return stored[1]
-    sigma = calibrate(
-        target_epsilon=target_epsilon,
-        delta=delta,
-        sample_rate=sample_rate,
-        steps=steps,
-        accountant=accountant,
-        prior=prior,
-    )
+    sigma = calibrate(**arguments)
     _store(path, inputs, sigma)
     return sigma

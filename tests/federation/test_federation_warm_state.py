@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,40 +33,47 @@ class _CountingReader:
         return read_site(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def test_tasks_forked_after_the_warm_read_do_not_read_the_export_again(
-    site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@dataclass
+class _Warmed:
+    site: SiteConfig
+    reader: _CountingReader
+    line: str
+    verified: int
+
+
+@pytest.fixture
+def warmed(site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> _Warmed:
+    """The first site's state warmed as a fresh warm executor does, reads counted."""
     site = site_tree.sites[0]
     sitedata._cache.clear()
     reader = _CountingReader(monkeypatch)
     line, verified = warm_site_state(_config_file(site, tmp_path))
-    expected = load_site_data(site)
-    assert verified == 0
-    assert line == (
+    return _Warmed(site, reader, line, verified)
+
+
+def test_tasks_forked_after_the_warm_read_do_not_read_the_export_again(warmed: _Warmed) -> None:
+    expected = load_site_data(warmed.site)
+    assert warmed.verified == 0
+    assert warmed.line == (
         f"site export ready ({len(expected.train)} training, "
         f"{len(expected.heldout)} held-out patients)"
     )
-    assert reader.calls == 1
+    assert warmed.reader.calls == 1
     child = os.fork()
     if child == 0:  # a task: same split, and no read of its own
-        data = load_site_data(site)
-        os._exit(0 if reader.calls == 1 and data.heldout == expected.heldout else 1)
+        data = load_site_data(warmed.site)
+        os._exit(0 if warmed.reader.calls == 1 and data.heldout == expected.heldout else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_a_changed_export_is_read_by_the_task_not_taken_from_the_parent(
-    site_tree: SiteTree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    site = site_tree.sites[0]
-    sitedata._cache.clear()
-    reader = _CountingReader(monkeypatch)
-    warm_site_state(_config_file(site, tmp_path))
+def test_a_changed_export_is_read_by_the_task_not_taken_from_the_parent(warmed: _Warmed) -> None:
+    site = warmed.site
     before = sum(map(len, load_site_data(site).consents.values()))
     consents = next(site.data_dir.glob("Consent.ndjson*"))
     consents.write_bytes(b"".join(consents.read_bytes().splitlines(keepends=True)[:-1]))
     assert sum(map(len, load_site_data(site).consents.values())) == before - 1
-    assert reader.calls == 2
+    assert warmed.reader.calls == 2
 
 
 def test_a_site_the_parent_cannot_read_is_left_to_the_task(
