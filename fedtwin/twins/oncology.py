@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -372,6 +372,20 @@ class OncologyTwin(nn.Module):
             raise ConfigError(
                 f"plan must be [{len(history)}, 1..{MAX_PLAN_DAYS}], got {list(chemo.shape)}"
             )
+        return self.roll_forward(history, chemo, radio)
+
+    def roll_forward(
+        self,
+        history: TumourSeries,
+        chemo: Tensor,
+        radio: Tensor,
+        inputs_of: Callable[[TumourSeries], Tensor] = encoder_inputs,
+    ) -> TumourForecast:
+        """:meth:`forecast` without its checks: ``H`` days at a time, expected volumes fed back.
+
+        ``inputs_of`` builds the encoder's inputs of a (growing) history; a patient twin that
+        keeps only a window of its history passes its own (running totals of the dropped days).
+        """
         was_training = self.training
         self.eval()
         c = self.config
@@ -382,7 +396,7 @@ class OncologyTwin(nn.Module):
             block_chemo = chemo[:, start : start + c.horizon_days]
             block_radio = radio[:, start : start + c.horizon_days]
             days = block_chemo.shape[1]
-            states = self.encode(encoder_inputs(current))[:, :, -1]
+            states = self.encode(inputs_of(current))[:, :, -1]
             windows = plan_windows(current, block_chemo, block_radio, c)
             mean, var = increments_to_log_volume(self.decode(states, windows))
             origin_log = log_volume_of(current.volume_cm3[:, -1].to(torch.float32))

@@ -47,9 +47,7 @@ from fedtwin.twins.oncology import (
     TumourForecast,
     TumourSeries,
     encoder_inputs,
-    increments_to_log_volume,
     log_volume_of,
-    plan_windows,
 )
 from fedtwin.twins.oncology_files import UNKNOWN_PATIENT_TYPE, OncologyModel, PatientTypeInput
 from fedtwin.twins.oncology_whatif import RankedRegimen, RegimenObjective, rank_by_objective
@@ -336,34 +334,7 @@ class OncologyPatientTwin:
 
     def _roll(self, history: TumourSeries, chemo: Tensor, radio: Tensor) -> TumourForecast:
         """:meth:`OncologyTwin.forecast` on the window (plans longer than ``H`` fed back)."""
-        twin = self.model.twin
-        config = twin.config
-        was_training = twin.training
-        twin.eval()
-        means, variances = [], []
-        offset_var = torch.zeros(len(history))
-        current = history
-        for start in range(0, chemo.shape[1], config.horizon_days):
-            block_chemo = chemo[:, start : start + config.horizon_days]
-            block_radio = radio[:, start : start + config.horizon_days]
-            days = block_chemo.shape[1]
-            states = twin.encode(self._inputs(current))[:, :, -1]
-            windows = plan_windows(current, block_chemo, block_radio, config)
-            mean, var = increments_to_log_volume(twin.decode(states, windows))
-            origin_log = log_volume_of(current.volume_cm3[:, -1].to(torch.float32))
-            mean = origin_log[:, None] + mean[:, :days]
-            var = offset_var[:, None] + var[:, :days]
-            means.append(mean)
-            variances.append(var)
-            offset_var = var[:, -1]
-            current = TumourSeries(
-                torch.cat([current.volume_cm3, torch.exp(mean)], dim=1),
-                torch.cat([current.chemo[:, :-1], block_chemo, block_chemo[:, :1] & False], 1),
-                torch.cat([current.radio[:, :-1], block_radio, block_radio[:, :1] & False], 1),
-                current.patient_type,
-            )
-        twin.train(was_training)
-        return TumourForecast(torch.cat(means, dim=1), torch.cat(variances, dim=1).sqrt())
+        return self.model.twin.roll_forward(history, chemo, radio, self._inputs)
 
     def forecast(self, plan: OncologyPlan | None, horizon_days: int) -> PatientTumourForecast:
         """Forecast the next ``horizon_days`` days under ``plan`` (default: no treatment)."""
